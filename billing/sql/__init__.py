@@ -1,0 +1,90 @@
+"""PostgreSQL access: the pool, numbered migrations, and the repositories beside this file."""
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+MIGRATIONS_LOCK = "billing.migrations"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)  # money stays exact in jsonb
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=_json_default)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(name, encoder=dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str, schema: str = "public", *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={"search_path": schema, "timezone": "UTC"},
+        command_timeout=30,
+    )
+
+
+async def connect(database_url: str, schema: str = "public") -> asyncpg.Connection:
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema, "timezone": "UTC"})
+    await _init_connection(conn)
+    return conn
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every numbered file in billing/sql/migrations, in order."""
+    found = []
+    for entry in resources.files("billing.sql").joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(versions) != len(set(versions)):
+        raise RuntimeError(f"duplicate migration numbers: {versions}")
+    return found
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Apply pending migrations, each in its own transaction, under an advisory lock.
+
+    The lock is per schema, so two processes starting at once never apply the same file twice,
+    while parallel tests (one schema each) do not wait for each other.
+    """
+    schema = await conn.fetchval("SELECT current_schema()")
+    if schema is None:  # search_path names a schema that does not exist yet
+        raise RuntimeError("the configured schema does not exist")
+    await conn.execute("SELECT pg_advisory_lock(hashtext($1 || current_schema()))", MIGRATIONS_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, sql in migration_files():
+            if version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+            applied.append(name)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext($1 || current_schema()))", MIGRATIONS_LOCK)

@@ -1,0 +1,89 @@
+"""Typed settings: one class holds connection strings, secrets and business policy.
+
+Environments: development (the default, test clock on, dev secrets allowed),
+staging and production (real secrets required, test clock off).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Environment = Literal["development", "staging", "production"]
+
+# Shipped so `billing up` works out of the box; production refuses them.
+DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
+DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me-0123456789"
+DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    environment: Environment = Field("development", validation_alias=AliasChoices("BILLING_ENV", "environment"))
+
+    # Connections. None means "use the embedded servers" (only `billing up` resolves that).
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    database_schema: str = Field("public", pattern=r"^[a-z_][a-z0-9_]*$")
+    database_pool_size: int = Field(10, ge=1, le=200)
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL", "redis_url"))
+    redis_prefix: str = Field("billing", pattern=r"^[A-Za-z0-9_.-]+$")
+    data_dir: Path = Path(".data")
+
+    host: str = "127.0.0.1"
+    subscription_port: int = 8001
+    payment_port: int = 8002
+
+    # Secrets.
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_expiry_minutes: int = Field(60, ge=1, le=24 * 60)
+    webhook_secret: SecretStr = SecretStr(DEV_WEBHOOK_SECRET)
+
+    # Auth policy.
+    password_min_length: int = Field(8, ge=8)
+    bcrypt_rounds: int = Field(12, ge=4, le=16)
+    login_max_attempts: int = Field(5, ge=1)
+    login_window_seconds: int = Field(300, ge=1)
+
+    # Webhooks: accepted clock skew, both into the past and the future.
+    webhook_tolerance_seconds: int = Field(300, ge=1)
+
+    # Business policy.
+    dunning_retry_days: tuple[int, ...] = (1, 3, 5)
+    idempotency_key_ttl_hours: int = Field(24, ge=1)
+
+    # Stream policy defaults (DESIGN.md).
+    stream_max_retries: int = 3
+    stream_base_delay: float = 60.0
+    stream_multiplier: float = 2.0
+    stream_max_delay: float = 3600.0
+    stream_jitter: float = 10.0
+    stream_lease: float = 120.0
+    stream_maxlen: int = 100_000
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @property
+    def test_clock_enabled(self) -> bool:
+        return self.environment == "development"
+
+    @model_validator(mode="after")
+    def _secrets_fit_environment(self) -> "Settings":
+        if self.environment == "development":
+            return self
+        for name in ("jwt_secret", "webhook_secret"):
+            value = getattr(self, name).get_secret_value()
+            if value in DEV_SECRETS:
+                raise ValueError(f"{name}: the development secret is refused in {self.environment}")
+            if len(value) < 32:
+                raise ValueError(f"{name}: must be at least 32 characters in {self.environment}")
+        if self.database_url is None or self.redis_url is None:
+            raise ValueError(f"DATABASE_URL and REDIS_URL are required in {self.environment}")
+        return self
+
+    def key(self, *parts: str) -> str:
+        """A Redis key under this deployment's prefix (tests get their own prefix)."""
+        return ":".join((self.redis_prefix, *parts))

@@ -1,0 +1,99 @@
+"""Middlewares: correlation id + access log, the error envelope, metrics, and JWT auth."""
+from __future__ import annotations
+
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from prometheus_client import Counter, Histogram
+
+from billing.auth import InvalidToken, decode_token
+from billing.http.context import CLOCK, SERVICE, SETTINGS
+from billing.http.envelope import error_body, json_response
+from billing.http.errors import ApiError, Unauthorized
+
+log = structlog.get_logger("billing.http")
+
+REQUESTS = Counter("billing_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+LATENCY = Histogram("billing_http_request_seconds", "HTTP request latency", ["service", "method", "route"])
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+               409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited"}
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def correlation(request: web.Request, handler):
+    """Bind a request id (taken from the caller if given) to every log line of this request."""
+    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    correlation_id = request.headers.get("X-Correlation-ID") or request_id
+    request["request_id"], request["correlation_id"] = request_id[:128], correlation_id[:128]
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request["request_id"], correlation_id=request["correlation_id"],
+                                           service=request.app[SERVICE])
+    started = time.perf_counter()
+    response = await handler(request)
+    elapsed = time.perf_counter() - started
+    route = _route_name(request)
+    REQUESTS.labels(request.app[SERVICE], request.method, route, response.status).inc()
+    LATENCY.labels(request.app[SERVICE], request.method, route).observe(elapsed)
+    response.headers["X-Request-ID"] = request["request_id"]
+    response.headers["X-Correlation-ID"] = request["correlation_id"]
+    if route not in ("/metrics",):
+        log.info("request", method=request.method, path=request.path, status=response.status,
+                 duration_ms=round(elapsed * 1000, 2), user_id=str(request.get("user_id") or "") or None)
+    return response
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    """Every failure leaves as the error envelope; a 500 never shows internals."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response(error_body(exc.message, exc.code, exc.details), exc.status, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return json_response(error_body(exc.reason, code), exc.status, headers=headers)
+    except Exception:
+        log.exception("unhandled error", path=request.path)
+        return json_response(
+            error_body("internal server error", "internal_error", {"request_id": request.get("request_id")}), 500)
+
+
+@web.middleware
+async def authentication(request: web.Request, handler):
+    """Bearer JWT on every declared endpoint unless it says auth=False; undeclared routes are public."""
+    operation = getattr(request.match_info.handler, "operation", None)
+    header = request.headers.get("Authorization", "")
+    needs_auth = operation is not None and operation.auth
+    if header or needs_auth:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            if needs_auth:
+                raise _unauthorized("missing bearer token")
+        else:
+            try:
+                request["user_id"] = decode_token(token.strip(), request.app[SETTINGS].jwt_secret.get_secret_value(),
+                                                  now=request.app[CLOCK].now())
+            except InvalidToken as exc:
+                if needs_auth:
+                    raise _unauthorized("invalid or expired token") from exc
+        if "user_id" in request:
+            structlog.contextvars.bind_contextvars(user_id=str(request["user_id"]))
+    return await handler(request)
+
+
+def _unauthorized(message: str) -> Unauthorized:
+    return Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+MIDDLEWARES = [correlation, errors, authentication]

@@ -1,0 +1,38 @@
+"""structlog JSON logs with a correlation id bound per request / per message."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+_SENSITIVE = ("password", "password_hash", "card_number", "cvv", "token", "authorization", "secret")
+
+
+def _redact(_logger, _name, event_dict):
+    # Defence in depth: nothing sensitive reaches a log line even if a caller binds it.
+    for key in list(event_dict):
+        if any(word in key.lower() for word in _SENSITIVE):
+            event_dict[key] = "[redacted]"
+    return event_dict
+
+
+def configure_logging(level: str = "INFO", json: bool = True) -> None:
+    logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper())
+    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+
+
+log = structlog.get_logger("billing")
