@@ -1,0 +1,4 @@
+from billing.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""The `billing` command: up | migrate | serve | worker | scheduler | streams."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from billing.config import Settings
+
+# The processes of a running system; the repository's Procfile lists the same lines.
+PROCESSES = {
+    "api-subscriptions": "billing serve subscriptions",
+    "api-payments": "billing serve payments",
+}
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    from billing.sql import connect, migrate
+
+    conn = await connect(settings.database_url, settings.database_schema)
+    try:
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {settings.database_schema}")
+        applied = await migrate(conn)
+        from billing.sql import plans
+
+        await plans.seed_demo(conn)
+        return applied
+    finally:
+        await conn.close()
+
+
+def cmd_migrate(args) -> int:
+    settings = _settings()
+    if settings.database_url is None:
+        print("DATABASE_URL is not set", file=sys.stderr)
+        return 2
+    applied = asyncio.run(_migrate(settings))
+    print(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}; demo plans seeded")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from aiohttp import web
+
+    from billing.http.app import create_app
+    from billing.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    port = args.port or (settings.subscription_port if args.service == "subscriptions" else settings.payment_port)
+    web.run_app(create_app(settings, args.service), host=args.host or settings.host, port=port,
+                print=None, access_log=None)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from honcho.manager import Manager
+
+    from billing.embedded import embedded_servers
+
+    settings = _settings()
+    data_dir = Path(args.data_dir or settings.data_dir).resolve()
+    with embedded_servers(data_dir, need_postgres=settings.database_url is None,
+                          need_redis=settings.redis_url is None) as urls:
+        env = {**os.environ, **urls}
+        settings = Settings(**{k.lower(): v for k, v in urls.items()})
+        asyncio.run(_migrate(settings))
+        print(f"PostgreSQL  {_safe(settings.database_url)}{'  (embedded, ' + str(data_dir) + ')' if 'DATABASE_URL' in urls else ''}")
+        print(f"Redis       {settings.redis_url}{'  (embedded)' if 'REDIS_URL' in urls else ''}")
+        print(f"Subscriptions API  http://{settings.host}:{settings.subscription_port}/docs")
+        print(f"Payments API       http://{settings.host}:{settings.payment_port}/docs")
+        print("Ctrl-C stops everything.", flush=True)
+        manager = Manager()
+        bin_dir = Path(sys.executable).parent
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+        for name, command in PROCESSES.items():
+            manager.add_process(name, command, env=env)
+        manager.loop()
+        return manager.returncode or 0
+
+
+def _safe(url: str | None) -> str:
+    # Never print a password that may be part of a URL.
+    from urllib.parse import urlsplit, urlunsplit
+
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="billing", description="Subscription and payment backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole system (embedded PostgreSQL/Redis unless DATABASE_URL/REDIS_URL)")
+    up.add_argument("--data-dir", help="where embedded servers keep their data (default .data)")
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("migrate", help="apply migrations and seed the demo plans").set_defaults(func=cmd_migrate)
+
+    serve = sub.add_parser("serve", help="run one HTTP front door")
+    serve.add_argument("service", choices=["subscriptions", "payments"])
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
