@@ -20,7 +20,7 @@ DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET}
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="BILLING_", env_file=".env", extra="ignore", frozen=True)
 
     environment: Environment = Field("development", validation_alias=AliasChoices("BILLING_ENV", "environment"))
 

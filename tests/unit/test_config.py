@@ -36,7 +36,7 @@ def test_production_refuses_short_secrets_and_missing_urls():
 def test_environment_variables_are_read(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://elsewhere/db")
     monkeypatch.setenv("BILLING_ENV", "development")
-    monkeypatch.setenv("JWT_EXPIRY_MINUTES", "5")
+    monkeypatch.setenv("BILLING_JWT_EXPIRY_MINUTES", "5")
     s = Settings(_env_file=None)
     assert s.database_url == "postgresql://elsewhere/db"
     assert s.jwt_expiry_minutes == 5
