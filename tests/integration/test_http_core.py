@@ -27,7 +27,7 @@ async def test_health_detailed_reports_dependencies_and_stream_depths(sub_client
     assert checks["redis"]["status"] == "healthy"
     streams = checks["streams"]["streams"]
     assert streams[f"{settings.redis_prefix}:{{sub}}:payment_initiation"]["length"] == 1
-    assert len(streams) == 6
+    assert len(streams) == 8
 
 
 async def test_health_detailed_is_503_when_redis_is_down(aiohttp_client, settings):
