@@ -9,6 +9,7 @@ from aiohttp import web
 from billing.clock import Clock, SystemClock
 from billing.config import Settings
 from billing.http import auth, health
+from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
 from billing.http.middleware import MIDDLEWARES
@@ -37,6 +38,7 @@ def setup_routes(app: web.Application, service: Service) -> None:
     for routes in SERVICE_ROUTES[service]:
         routes.register(app)
     app.router.add_get("/metrics", health.metrics)
+    setup_docs(app)
 
 
 def create_app(settings: Settings, service: Service, *, clock: Clock | None = None) -> web.Application:
