@@ -1,0 +1,352 @@
+"""Consumer: one member of a consumer group running the router's handlers on a stream.
+
+Delivery is at least once: a message is XACKed only after its handler returned, so a crash
+leaves it pending and XAUTOCLAIM hands it to another consumer after the lease. Handlers make
+their effect exactly once with the inbox (see inbox.py).
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from itertools import chain
+
+import redis.asyncio as aioredis
+import structlog
+from pydantic import ValidationError
+from redis.exceptions import ResponseError
+
+from . import metrics
+from .envelope import Envelope
+from .policy import RetryPolicy
+from .publisher import DEFAULT_MAXLEN
+from .router import PermanentError, Router
+
+log = structlog.get_logger("billing.streams")
+
+# Fields a dead-letter entry adds to the original message fields.
+DEAD_FIELDS = ("error", "error_type", "failed_at", "source_id")
+
+
+def delayed_key(stream: str) -> str:
+    """ZSET of envelopes waiting for a retry, scored by due time (unix seconds)."""
+    return f"{stream}:delayed"
+
+
+def dead_key(stream: str) -> str:
+    return f"{stream}:dead"
+
+
+# Moves due retries back onto the stream. A script runs atomically, so several movers
+# never move the same member twice. Members are JSON [field, value, field, value, ...].
+MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(cjson.decode(member)))
+end
+return #due
+"""
+
+
+class DeliveryLimitExceeded(PermanentError):
+    """The message was delivered too often without an ack (its handler kept crashing the worker)."""
+
+
+class Consumer:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        group: str,
+        name: str,
+        router: Router,
+        *,
+        policy: RetryPolicy = RetryPolicy(),
+        concurrency: int = 16,
+        batch: int | None = None,
+        block_ms: int = 1000,
+        maxlen: int = DEFAULT_MAXLEN,
+        shutdown_timeout: float = 10.0,
+        poll_interval: float = 0.1,
+        claim_interval: float | None = None,
+        metrics_interval: float = 5.0,
+    ) -> None:
+        """`name` must be stable across restarts (e.g. f"{hostname}-{procname}-{index}")
+        so that a restarted consumer finds its own pending entries."""
+        if not redis.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("the Redis client needs decode_responses=True")
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.name = name
+        self.router = router
+        self.policy = policy
+        self.concurrency = concurrency
+        self.batch = batch or concurrency
+        self.block_ms = block_ms
+        self.maxlen = maxlen
+        self.shutdown_timeout = shutdown_timeout
+        self.poll_interval = poll_interval
+        self.claim_interval = claim_interval or min(policy.lease / 2, 5.0)
+        self.metrics_interval = metrics_interval
+        self.log = log.bind(stream=stream, group=group, consumer=name)
+        self._move_due = redis.register_script(MOVE_DUE)
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task] = set()
+        self._inflight: dict[str, float] = {}  # message id -> loop time of delivery or last lease renewal
+        self._acks: list[str] = []
+        self._ack_wanted = asyncio.Event()
+        self._claim_cursor = "0-0"
+
+    async def ensure_group(self) -> None:
+        # From "0", not "$": messages published before the first worker existed are consumed too.
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then finish in-flight handlers (up to shutdown_timeout).
+
+        Handlers still running then, or everything when this task is cancelled, stay pending
+        in the group and are claimed again later: nothing is lost.
+        """
+        await self.ensure_group()
+        self.log.info("consumer started")
+        spawn = asyncio.create_task
+        readers = [
+            spawn(self._read()),
+            spawn(self._forever(self._claim_once, self.claim_interval)),
+            spawn(self._forever(self._move_once, self.poll_interval)),
+            spawn(self._forever(self._observe, self.metrics_interval)),
+        ]
+        keepers = [
+            spawn(self._forever(self._renew_once, self.policy.lease / 4)),
+            spawn(self._forever(self._ack_once, 0)),
+        ]
+        try:
+            await stop.wait()
+            await _cancel(readers)
+            await self._drain()
+        finally:
+            await _cancel(readers + keepers + list(self._tasks))
+            self.log.info("consumer stopped")
+
+    async def _drain(self) -> None:
+        if self._tasks:
+            _, running = await asyncio.wait(set(self._tasks), timeout=self.shutdown_timeout)
+            if running:
+                self.log.warning("handlers still running at shutdown stay pending", count=len(running))
+        await self._flush_acks()
+
+    # --- loops -------------------------------------------------------------------------
+
+    async def _forever(self, step: Callable[[], Awaitable[bool]], interval: float) -> None:
+        """Run `step` again at once while it reports more work, else after `interval`; survive errors."""
+        while True:
+            try:
+                busy = await step()
+            except Exception:
+                self.log.exception("stream loop failed", step=step.__name__)
+                busy = False
+                await asyncio.sleep(1.0)
+            if not busy:
+                await asyncio.sleep(interval)
+
+    async def _read(self) -> None:
+        last = "0"  # first our own pending entries (left by a previous run), then new ones (">")
+        while True:
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.group,
+                    self.name,
+                    {self.stream: last},
+                    count=self.batch,
+                    block=self.block_ms if last == ">" else None,
+                )
+            except Exception:
+                self.log.exception("XREADGROUP failed")
+                await asyncio.sleep(1.0)
+                continue
+            entries = reply[0][1] if reply else []
+            deliveries = {}
+            if last != ">":
+                if not entries:
+                    last = ">"
+                    continue
+                last = entries[-1][0]
+                self.log.info("rereading own pending entries", count=len(entries))
+                deliveries = await self._deliveries([msg_id for msg_id, _ in entries])
+            for msg_id, fields in entries:
+                await self._start(msg_id, fields, deliveries.get(msg_id))
+
+    async def _claim_once(self) -> bool:
+        """XAUTOCLAIM entries idle longer than the lease, following the cursor across calls."""
+        self._claim_cursor, claimed, *_ = await self.redis.xautoclaim(
+            self.stream,
+            self.group,
+            self.name,
+            min_idle_time=int(self.policy.lease * 1000),
+            start_id=self._claim_cursor,
+            count=self.batch,
+        )
+        claimed = [(msg_id, fields) for msg_id, fields in claimed if msg_id not in self._inflight]
+        if claimed:
+            self.log.info("claimed idle entries", count=len(claimed))
+            deliveries = await self._deliveries([msg_id for msg_id, _ in claimed])
+            for msg_id, fields in claimed:
+                await self._start(msg_id, fields, deliveries.get(msg_id))
+        return self._claim_cursor != "0-0"  # "0-0": wrapped around, wait before the next pass
+
+    async def _renew_once(self) -> bool:
+        """Re-claim entries whose handlers run past half the lease, so nobody else claims them."""
+        now = asyncio.get_running_loop().time()
+        due = [msg_id for msg_id, since in self._inflight.items() if now - since >= self.policy.lease / 2]
+        if due:
+            await self.redis.xclaim(self.stream, self.group, self.name, 0, due, justid=True)
+            for msg_id in due:
+                if msg_id in self._inflight:
+                    self._inflight[msg_id] = now
+        return False
+
+    async def _move_once(self) -> bool:
+        moved = await self._move_due(
+            keys=[delayed_key(self.stream), self.stream], args=[time.time(), self.batch, self.maxlen]
+        )
+        return moved >= self.batch
+
+    async def _ack_once(self) -> bool:
+        await self._ack_wanted.wait()
+        await self._flush_acks()
+        return True
+
+    async def _observe(self) -> bool:
+        await metrics.observe_group(self.redis, self.stream, self.group)
+        return False
+
+    # --- one message ---------------------------------------------------------------------
+
+    async def _deliveries(self, ids: list[str]) -> dict[str, int]:
+        """Delivery counts from XPENDING."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for msg_id in ids:
+                pipe.xpending_range(self.stream, self.group, msg_id, msg_id, 1)
+            replies = await pipe.execute()
+        return {r[0]["message_id"]: r[0]["times_delivered"] for r in replies if r}
+
+    async def _start(self, msg_id: str, fields: Mapping[str, str] | None, deliveries: int | None) -> None:
+        if not fields:  # deleted (trimmed) while pending: nothing left to run
+            self._ack(msg_id)
+            return
+        if msg_id in self._inflight:
+            return
+        self._inflight[msg_id] = asyncio.get_running_loop().time()
+        await self._slots.acquire()
+        task = asyncio.create_task(self._process(msg_id, fields, deliveries))
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._finished(t, msg_id))
+
+    def _finished(self, task: asyncio.Task, msg_id: str) -> None:
+        self._tasks.discard(task)
+        self._inflight.pop(msg_id, None)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            # e.g. Redis unreachable while dead-lettering: the entry stays pending and is claimed again.
+            self.log.error("message left pending", message_id=msg_id, exc_info=task.exception())
+
+    async def _process(self, msg_id: str, fields: Mapping[str, str], deliveries: int | None) -> None:
+        # Runs in its own task, so these ids reach every log line of the handler too.
+        structlog.contextvars.bind_contextvars(
+            stream=self.stream,
+            message_id=msg_id,
+            action=fields.get("action"),
+            envelope_id=fields.get("id"),
+            correlation_id=fields.get("correlation_id"),
+        )
+        try:
+            envelope = Envelope.from_fields(fields)
+            route, payload = self.router.resolve(envelope)
+        except (ValidationError, PermanentError) as exc:
+            await self._dead(msg_id, fields, "-", exc)
+            return
+        action = envelope.action
+        limit = envelope.max_attempts or self.policy.max_attempts
+        if deliveries is not None and deliveries > limit:
+            exc = DeliveryLimitExceeded(f"delivered {deliveries} times, limit {limit}")
+            await self._dead(msg_id, fields, action, exc)
+            return
+        started = time.perf_counter()
+        try:
+            await route.handler(envelope, payload)
+        except PermanentError as exc:
+            metrics.FAILED.labels(self.stream, action).inc()
+            await self._dead(msg_id, fields, action, exc)
+        except Exception as exc:
+            metrics.FAILED.labels(self.stream, action).inc()
+            await self._retry_or_dead(msg_id, envelope, exc)
+        else:
+            metrics.PROCESSED.labels(self.stream, action).inc()
+            self._ack(msg_id)
+        finally:
+            metrics.LATENCY.labels(self.stream, action).observe(time.perf_counter() - started)
+
+    def _ack(self, msg_id: str) -> None:
+        # Acks are batched: one XACK for everything finished since the last one.
+        self._acks.append(msg_id)
+        self._ack_wanted.set()
+
+    async def _flush_acks(self) -> None:
+        self._ack_wanted.clear()
+        ids, self._acks = self._acks, []
+        if not ids:
+            return
+        try:
+            await self.redis.xack(self.stream, self.group, *ids)
+        except Exception:
+            self._acks[:0] = ids
+            raise
+
+    async def _retry_or_dead(self, msg_id: str, envelope: Envelope, exc: Exception) -> None:
+        attempts = envelope.attempts + 1
+        failed = envelope.model_copy(update={"attempts": attempts, "last_error": _describe(exc)})
+        limit = envelope.max_attempts or self.policy.max_attempts
+        if attempts >= limit:
+            await self._dead(msg_id, failed.to_fields(), envelope.action, exc)
+            return
+        delay = self.policy.delay_for(attempts)
+        member = json.dumps(list(chain.from_iterable(failed.to_fields().items())))
+        # Scheduling the retry and acking the original happen together or not at all.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(delayed_key(self.stream), {member: time.time() + delay})
+            pipe.xack(self.stream, self.group, msg_id)
+            await pipe.execute()
+        metrics.RETRIED.labels(self.stream, envelope.action).inc()
+        self.log.warning("handler failed, retry scheduled", attempt=attempts, delay=round(delay, 3), exc_info=exc)
+
+    async def _dead(self, msg_id: str, fields: Mapping[str, str], action: str, exc: Exception) -> None:
+        entry = {
+            **fields,
+            "error": str(exc) or type(exc).__name__,
+            "error_type": type(exc).__name__,
+            "failed_at": datetime.now(UTC).isoformat(),
+            "source_id": msg_id,
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(dead_key(self.stream), entry)
+            pipe.xack(self.stream, self.group, msg_id)
+            await pipe.execute()
+        metrics.DEAD.labels(self.stream, action).inc()
+        self.log.error("message dead-lettered", error_type=type(exc).__name__, exc_info=exc)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

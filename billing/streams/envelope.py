@@ -1,0 +1,70 @@
+"""The message envelope, stored as flat stream fields so `redis-cli XRANGE` stays readable."""
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+
+def _new_id() -> str:
+    return uuid4().hex
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    id: str = Field(default_factory=_new_id)  # stays the same across retries: the inbox key
+    action: str
+    correlation_id: str = ""  # defaults to id
+    idempotency_key: str | None = None
+    created_at: AwareDatetime = Field(default_factory=_now)
+    attempts: int = 0  # failed runs so far
+    max_attempts: int | None = None  # None: the consumer's policy decides
+    last_error: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.correlation_id:
+            self.correlation_id = self.id
+
+    @classmethod
+    def build(
+        cls,
+        action: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        models: Mapping[str, type[BaseModel]] | None = None,
+        correlation_id: str | None = None,
+        idempotency_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> "Envelope":
+        """A new envelope; the payload is validated against `models[action]` when known."""
+        model = (models or {}).get(action)
+        if model is not None:
+            data = payload.model_dump() if isinstance(payload, BaseModel) else payload
+            payload = model.model_validate(data)
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        return cls(
+            action=action,
+            payload=dict(payload),
+            correlation_id=correlation_id or "",
+            idempotency_key=idempotency_key,
+            max_attempts=max_attempts,
+        )
+
+    def to_fields(self) -> dict[str, str]:
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["payload"] = json.dumps(data["payload"], separators=(",", ":"))
+        return {k: str(v) for k, v in data.items()}
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> "Envelope":
+        data = dict(fields)
+        data["payload"] = json.loads(data.get("payload", "{}"))
+        return cls.model_validate(data)
