@@ -13,6 +13,8 @@ from billing.config import Settings
 PROCESSES = {
     "api-subscriptions": "billing serve subscriptions",
     "api-payments": "billing serve payments",
+    "worker-subscriptions": "billing worker subscriptions",
+    "worker-payments": "billing worker payments",
 }
 
 
@@ -98,6 +100,16 @@ def _safe(url: str | None) -> str:
     return url
 
 
+def cmd_worker(args) -> int:
+    from billing.consumers.worker import main as worker_main
+    from billing.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    worker_main(settings, args.service, args.index)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="Subscription and payment backend")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run the stream consumers of one service")
+    worker.add_argument("service", choices=["subscriptions", "payments"])
+    worker.add_argument("--index", type=int, default=int(os.environ.get("BILLING_WORKER_INDEX", "0")),
+                        help="distinguishes several workers of one service on one host")
+    worker.set_defaults(func=cmd_worker)
+
+    from billing.streams.cli import register_commands
+
+    register_commands(sub, default_prefix=Settings().redis_prefix)
     return parser
 
 
