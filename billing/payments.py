@@ -308,7 +308,7 @@ class TransactionStatus(StrEnum):
     PARTIALLY_REFUNDED = "partially_refunded"
 
 
-T = TransactionStatus
+T = TransactionStatus  # short alias for the table below
 
 # current -> statuses it may move to. FAILED and REFUNDED are terminal.
 TRANSACTION_TRANSITIONS: dict[TransactionStatus, frozenset[TransactionStatus]] = {

@@ -46,7 +46,7 @@ class SubscriptionEvent(StrEnum):
     CHANGE_PLAN = "change_plan"
 
 
-S, E = SubscriptionStatus, SubscriptionEvent
+S, E = SubscriptionStatus, SubscriptionEvent  # short aliases keep the table below readable
 
 # The single source of truth: (current status, event) -> new status.
 # ``None`` as current status means "no subscription yet" (creation events).
