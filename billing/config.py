@@ -63,6 +63,13 @@ class Settings(BaseSettings):
     stream_lease: float = 120.0
     stream_maxlen: int = 100_000
 
+    # Usage metering.
+    usage_entitlement_cache_seconds: float = Field(5.0, ge=0)  # how long a user's plan limits are cached in-process
+    usage_event_dedup_hours: int = Field(24, ge=1)            # how long an event_id is remembered for retries
+    usage_retention_days: int = Field(400, ge=1)              # usage rows of periods ended longer ago are deleted
+    usage_batch_size: int = Field(500, ge=1)                  # usage_sync actor: messages per PostgreSQL transaction
+    usage_batch_wait_ms: int = Field(20, ge=0)                # ... or this long after the first one, whichever first
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -74,3 +74,39 @@ def test_bcrypt_hash_and_verify():
     assert auth.verify_password("s3cure-Passw0rd", h)
     assert not auth.verify_password("wrong-Passw0rd", h)
     assert not auth.verify_password("x", "not-a-hash")
+
+
+def test_token_issued_at_an_advanced_test_clock_is_valid_on_that_clock():
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from billing.auth import InvalidToken, create_token, decode_token
+    later = datetime.now(UTC) + timedelta(days=40)  # the test clock moved forward
+    user = uuid4()
+    token = create_token(user, "s" * 40, now=later, expires_in=timedelta(hours=1))
+    assert decode_token(token, "s" * 40, now=later) == user
+    try:
+        decode_token(token, "s" * 40, now=later - timedelta(days=1))  # issued in the verifier's future
+    except InvalidToken:
+        pass
+    else:
+        raise AssertionError("a token from the future must be refused")
+
+
+def test_a_verified_token_is_cached_but_still_expires_and_forgeries_never_pass():
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from billing.auth import InvalidToken, create_token, decode_token
+    now, user = datetime.now(UTC), uuid4()
+    token = create_token(user, "k" * 40, now=now, expires_in=timedelta(minutes=5))
+    assert decode_token(token, "k" * 40, now=now) == user
+    assert decode_token(token, "k" * 40, now=now) == user  # from the cache
+    for bad in (lambda: decode_token(token, "k" * 40, now=now + timedelta(minutes=6)),  # expired, even cached
+                lambda: decode_token(token, "other" * 8, now=now),                      # another secret
+                lambda: decode_token(token[:-2] + "xx", "k" * 40, now=now)):             # tampered signature
+        try:
+            bad()
+        except InvalidToken:
+            continue
+        raise AssertionError("must be refused")
