@@ -90,7 +90,10 @@ class RedisTestClock:
     async def start(self, redis) -> None:
         """Read the current offset, then keep it fresh until stop()."""
         self._redis = redis
-        await self.refresh()
+        try:
+            await self.refresh()
+        except Exception:  # Redis down at start: the process still starts (health reports it), refresh retries
+            log.warning("test clock: could not read the offset yet", exc_info=True)
         self._task = asyncio.create_task(self._refresh_forever(), name="test-clock-refresh")
 
     async def stop(self) -> None:
@@ -101,12 +104,16 @@ class RedisTestClock:
             self._task = None
 
     async def _refresh_forever(self) -> None:
+        failing = False
         while True:
             await asyncio.sleep(self.refresh_interval)
             try:
                 await self.refresh()
-            except Exception:  # Redis briefly away: keep the last known offset, try again
-                log.warning("test clock refresh failed", exc_info=True)
+                failing = False
+            except Exception as exc:  # Redis away: keep the last known offset, try again (log once per outage)
+                if not failing:
+                    log.warning("test clock refresh failed", error=repr(exc))
+                failing = True
 
     async def advance(self, delta: timedelta) -> datetime:
         if delta <= timedelta(0):
