@@ -8,7 +8,7 @@ from aiohttp import web
 
 from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
-from billing.http import auth, clock_api, health, plans, webhooks
+from billing.http import auth, clock_api, health, ops, plans, webhooks
 from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
@@ -19,7 +19,8 @@ Service = Literal["subscriptions", "payments"]
 
 # Which endpoint groups each front door serves.
 SERVICE_ROUTES = {
-    "subscriptions": [health.routes, auth.routes, plans.routes, clock_api.routes, webhooks.routes],
+    "subscriptions": [health.routes, auth.routes, plans.routes, clock_api.routes, webhooks.routes,
+                      ops.routes],
     "payments": [health.routes, auth.routes, clock_api.routes],
 }
 
