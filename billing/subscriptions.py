@@ -32,6 +32,7 @@ class SubscriptionEvent(StrEnum):
     CREATE_PAID = "create_paid"
     PAYMENT_SUCCEEDED = "payment_succeeded"  # an outstanding charge (first or dunning) got paid
     PAYMENT_FAILED = "payment_failed"  # the first charge was definitively declined
+    PAYMENT_WINDOW_EXPIRED = "payment_window_expired"  # pending too long without a paid first charge
     TRIAL_EXPIRED_CONVERTED = "trial_expired_converted"
     TRIAL_EXPIRED_NO_PAYMENT = "trial_expired_no_payment"
     TRIAL_PAYMENT_FAILED = "trial_payment_failed"  # conversion charge declined -> dunning
@@ -56,6 +57,7 @@ TRANSITIONS: dict[tuple[Optional[SubscriptionStatus], SubscriptionEvent], Subscr
     (None, E.CREATE_PAID): S.PENDING,
     (S.PENDING, E.PAYMENT_SUCCEEDED): S.ACTIVE,
     (S.PENDING, E.PAYMENT_FAILED): S.EXPIRED,
+    (S.PENDING, E.PAYMENT_WINDOW_EXPIRED): S.EXPIRED,
     (S.PENDING, E.CANCEL_NOW): S.CANCELED,
     (S.TRIAL, E.TRIAL_EXPIRED_CONVERTED): S.ACTIVE,
     (S.TRIAL, E.TRIAL_EXPIRED_NO_PAYMENT): S.EXPIRED,
