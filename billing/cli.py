@@ -15,6 +15,7 @@ PROCESSES = {
     "api-payments": "billing serve payments",
     "worker-subscriptions": "billing worker subscriptions",
     "worker-payments": "billing worker payments",
+    "scheduler": "billing scheduler",
 }
 
 
@@ -110,6 +111,16 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def cmd_scheduler(args) -> int:
+    from billing.observability import configure_logging
+    from billing.scheduler import main as scheduler_main
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    scheduler_main(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="Subscription and payment backend")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, default=int(os.environ.get("BILLING_WORKER_INDEX", "0")),
                         help="distinguishes several workers of one service on one host")
     worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("scheduler", help="run renewals, trial ends, dunning and cleanup on a timer (one leader at a time)"
+                   ).set_defaults(func=cmd_scheduler)
 
     from billing.streams.cli import register_commands
 

@@ -53,6 +53,12 @@ class Settings(BaseSettings):
     # Business policy.
     dunning_retry_days: tuple[int, ...] = (1, 3, 5)
     idempotency_key_ttl_hours: int = Field(24, ge=1)
+    pending_expiry_hours: int = Field(23, ge=1)      # an unpaid pending subscription expires (Stripe's incomplete)
+
+    # Scheduler: one leader ticks every interval; the lock outlives a few missed renewals.
+    scheduler_interval_seconds: float = Field(30.0, gt=0)
+    scheduler_lock_ttl_seconds: float = Field(120.0, gt=0)
+    scheduler_batch_size: int = Field(100, ge=1, le=10_000)
 
     # Stream policy defaults (DESIGN.md).
     stream_max_retries: int = 3

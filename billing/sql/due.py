@@ -1,0 +1,92 @@
+"""Queries of the scheduler: which subscriptions are due at ``now``, and the marks it leaves on them.
+
+Every ``lock_due_*`` locks its rows FOR UPDATE SKIP LOCKED: two schedulers (say the leader lost its lock
+while still ticking) take disjoint rows, and a row one of them has already handled no longer matches
+once that transaction commits (PostgreSQL rechecks the WHERE on the newest row version).
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+from uuid import UUID
+
+import asyncpg
+
+_SUB = ("s.id, s.user_id, s.plan_id, s.status, s.current_period_start, s.current_period_end, s.trial_end,"
+        " s.cancel_at_period_end, s.pending_plan_id, s.dunning_attempts, s.next_retry_at, s.created_at")
+
+
+async def lock_due_trials(conn: asyncpg.Connection, now: datetime, limit: int, skip: Sequence[UUID]) -> list[asyncpg.Record]:
+    """Trials that have ended and whose conversion charge was not asked for yet."""
+    return await conn.fetch(
+        f"""SELECT {_SUB} FROM subscriptions s
+            WHERE s.status = 'trial' AND s.trial_end <= $1 AND s.conversion_requested_at IS NULL
+              AND NOT (s.id = any($3::uuid[]))
+            ORDER BY s.trial_end LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        now, limit, list(skip),
+    )
+
+
+async def lock_due_period_ends(conn: asyncpg.Connection, now: datetime, limit: int, skip: Sequence[UUID]) -> list[asyncpg.Record]:
+    """Active subscriptions whose period has ended and whose renewal was not asked for yet."""
+    return await conn.fetch(
+        f"""SELECT {_SUB} FROM subscriptions s
+            WHERE s.status = 'active' AND s.current_period_end <= $1
+              AND s.renewal_requested_for IS DISTINCT FROM s.current_period_end
+              AND NOT (s.id = any($3::uuid[]))
+            ORDER BY s.current_period_end LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        now, limit, list(skip),
+    )
+
+
+async def lock_due_retries(conn: asyncpg.Connection, now: datetime, limit: int, skip: Sequence[UUID]) -> list[asyncpg.Record]:
+    """Past-due subscriptions whose next dunning retry is due and not asked for yet."""
+    return await conn.fetch(
+        f"""SELECT {_SUB} FROM subscriptions s
+            WHERE s.status = 'past_due' AND s.next_retry_at <= $1
+              AND s.retry_requested_attempt IS DISTINCT FROM s.dunning_attempts + 1
+              AND NOT (s.id = any($3::uuid[]))
+            ORDER BY s.next_retry_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        now, limit, list(skip),
+    )
+
+
+async def lock_stale_pending(conn: asyncpg.Connection, created_before: datetime, limit: int,
+                             skip: Sequence[UUID]) -> list[asyncpg.Record]:
+    """Pending subscriptions whose first payment never succeeded within the payment window."""
+    return await conn.fetch(
+        f"""SELECT {_SUB} FROM subscriptions s
+            WHERE s.status = 'pending' AND s.created_at <= $1 AND NOT (s.id = any($3::uuid[]))
+            ORDER BY s.created_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        created_before, limit, list(skip),
+    )
+
+
+async def update(conn: asyncpg.Connection, subscription_id: UUID, **fields: Any) -> None:
+    """Set columns of a subscription (names come from this package's code, never from input)."""
+    names = list(fields)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
+    await conn.execute(f"UPDATE subscriptions SET {assignments}, version = version + 1 WHERE id = $1",
+                       subscription_id, *(fields[n] for n in names))
+
+
+async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_type: str, from_status: str | None,
+                       to_status: str | None, data: dict | None = None, correlation_id: str | None = None) -> None:
+    await conn.execute(
+        """INSERT INTO subscription_events (subscription_id, event_type, from_status, to_status, data, correlation_id)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        subscription_id, event_type, from_status, to_status, data or {}, correlation_id,
+    )
+
+
+async def has_default_payment_method(conn: asyncpg.Connection, user_id: UUID) -> bool:
+    """Whether the user saved a default card (payments' payment_methods; absent table = no card)."""
+    if await conn.fetchval("SELECT to_regclass('payment_methods')") is None:
+        return False
+    return bool(await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM payment_methods WHERE user_id = $1 AND is_default)", user_id))
+
+
+async def delete_expired_idempotency_keys(conn: asyncpg.Connection, now: datetime) -> int:
+    result = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at < $1", now)
+    return int(result.split()[-1])
