@@ -73,8 +73,10 @@ async def update(conn: asyncpg.Connection, subscription_id: UUID, **fields: Any)
 async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_type: str, from_status: str | None,
                        to_status: str | None, data: dict | None = None, correlation_id: str | None = None) -> None:
     await conn.execute(
-        """INSERT INTO subscription_events (subscription_id, event_type, from_status, to_status, data, correlation_id)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
+        # clock_timestamp(), not now(): events of one transaction keep their order.
+        """INSERT INTO subscription_events (subscription_id, event_type, from_status, to_status, data, correlation_id,
+                                            created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())""",
         subscription_id, event_type, from_status, to_status, data or {}, correlation_id,
     )
 
