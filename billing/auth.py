@@ -8,6 +8,7 @@ import bcrypt
 import jwt
 
 ALGORITHM = "HS256"
+IAT_LEEWAY_SECONDS = 5  # processes of one deployment may see the shared test clock move a refresh apart
 _COMMON_PASSWORDS = {"password", "password1", "password123", "12345678", "123456789", "qwerty123", "letmein1", "iloveyou"}
 
 
@@ -54,13 +55,18 @@ def decode_token(token: str, secret: str, *, now: datetime) -> UUID:
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM],
-            options={"require": ["exp", "iat", "sub"], "verify_exp": False},
+            options={"require": ["exp", "iat", "sub"], "verify_exp": False, "verify_iat": False},
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from exc
-    # Expiry is checked against the injected clock, not the machine's, so the test clock applies.
+    # Expiry and issue time are checked against the injected clock, not the machine's, so the
+    # test clock applies (PyJWT would refuse a token issued after an advance as "not yet valid").
+    if not isinstance(claims["iat"], int) or not isinstance(claims["exp"], int):
+        raise InvalidToken("iat and exp must be integers")
     if claims["exp"] <= int(now.timestamp()):
         raise InvalidToken("token expired")
+    if claims["iat"] > int(now.timestamp()) + IAT_LEEWAY_SECONDS:
+        raise InvalidToken("token issued in the future")
     try:
         return UUID(claims["sub"])
     except (ValueError, TypeError) as exc:

@@ -14,7 +14,7 @@ from contextlib import suppress
 import redis.asyncio as aioredis
 import structlog
 
-from billing.clock import Clock, SystemClock
+from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
 from billing.consumers.deps import Deps, retry_policy
 from billing.sql import create_pool
@@ -49,7 +49,9 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
     stop = stop or asyncio.Event()
     pool = await create_pool(settings.database_url, settings.database_schema, max_size=settings.database_pool_size)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
-    deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock or SystemClock())
+    clock = clock or clock_for(settings)
+    await start_clock(clock, redis)  # development: the test clock every process shares through Redis
+    deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock)
     policy = retry_policy(settings)
     consumers = [
         Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
@@ -61,6 +63,7 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
     try:
         await asyncio.gather(relay.run(stop), *(c.run(stop) for c in consumers))
     finally:
+        await stop_clock(clock)
         await redis.aclose()
         await pool.close()
         log.info("worker stopped", service=service)

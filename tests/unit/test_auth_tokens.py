@@ -74,3 +74,14 @@ def test_bcrypt_hash_and_verify():
     assert auth.verify_password("s3cure-Passw0rd", h)
     assert not auth.verify_password("wrong-Passw0rd", h)
     assert not auth.verify_password("x", "not-a-hash")
+
+
+def test_issue_time_is_judged_by_the_injected_clock_not_the_machine():
+    # A token issued after the test clock moved a year ahead is valid at that (clock) time...
+    later = datetime.now(UTC) + timedelta(days=365)
+    uid = uuid4()
+    token = auth.create_token(uid, SECRET, now=later, expires_in=timedelta(minutes=5))
+    assert auth.decode_token(token, SECRET, now=later) == uid
+    # ...but not for a clock that has not reached its issue time.
+    with pytest.raises(auth.InvalidToken, match="future"):
+        auth.decode_token(token, SECRET, now=later - timedelta(minutes=1))
