@@ -40,12 +40,13 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
-from billing.clock import Clock, SystemClock
-from billing.commands import ChargeSubscription
+from billing.clock import Clock, clock_for, start_clock, stop_clock
+from billing.commands import CHARGE_SUBSCRIPTION, ChargeSubscription
 from billing.config import Settings
 from billing.consumers.deps import Deps
+from billing.consumers.subscriptions import apply_event, load_plan, note
 from billing.plans import BillingCycle, Period, Plan, add_cycle
-from billing.sql import create_pool, due, plans
+from billing.sql import create_pool, due, payment_methods
 from billing.subscriptions import (
     DunningPolicy,
     PeriodEndAction,
@@ -55,12 +56,9 @@ from billing.subscriptions import (
     decide_trial_end,
     next_period,
     on_period_end,
-    transition,
 )
 
 log = structlog.get_logger("billing.scheduler")
-
-CHARGE_ACTION = "charge_subscription"
 
 
 @dataclass
@@ -70,7 +68,6 @@ class TickReport:
     trials_expired: int = 0
     renewals_requested: int = 0
     free_renewals: int = 0
-    plans_switched: int = 0
     canceled_at_period_end: int = 0
     retries_requested: int = 0
     dunning_exhausted: int = 0
@@ -125,25 +122,12 @@ async def _sweep(deps: Deps, report: TickReport, lock: Callable, handle: Handle)
             return
 
 
-async def _change_status(conn: asyncpg.Connection, row: asyncpg.Record, event: E, data: dict | None = None,
-                         **fields) -> None:
-    new = transition(S(row["status"]), event)  # IllegalTransition = a bug: the row is skipped and logged
-    await due.update(conn, row["id"], status=new.value, **fields)
-    await due.record_event(conn, row["id"], event.value, row["status"], new.value, data)
-
-
-async def _plan(conn: asyncpg.Connection, plan_id: UUID) -> tuple[asyncpg.Record, Plan]:
-    row = await plans.get(conn, plan_id)
-    return row, plans.to_domain(row)
-
-
 def following_period(row: asyncpg.Record, cycle: BillingCycle) -> Period:
-    """The period after the current one. The anchor is not stored; the current period's start serves as
-    one, and where it cannot (a clamped month end, a changed cycle) the next cycle is added to the end."""
+    """The period after the current one, on the billing anchor (as the subscription worker computes it);
+    where the anchor does not fit (the cycle changed with a downgrade) the new cycle starts at the end."""
     end = row["current_period_end"]
     with suppress(ValueError):
-        if row["current_period_start"] is not None:
-            return next_period(end, cycle, anchor=row["current_period_start"])
+        return next_period(end, cycle, anchor=row["billing_anchor"] or row["current_period_start"])
     return Period(end, add_cycle(end, cycle))
 
 
@@ -155,10 +139,11 @@ async def _request_charge(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Rec
         reason=reason, charge_key=charge_key,
         period_start=period.start if period else None, period_end=period.end if period else None,
     )
-    await deps.enqueue(conn, family, CHARGE_ACTION, command, correlation_id=charge_key, idempotency_key=charge_key)
-    await due.record_event(conn, row["id"], f"{reason}_requested", row["status"], row["status"],
-                           {"charge_key": charge_key, "amount": str(plan.price.amount), "currency": plan.price.currency},
-                           correlation_id=charge_key)
+    await deps.enqueue(conn, family, CHARGE_SUBSCRIPTION, command, correlation_id=charge_key,
+                       idempotency_key=charge_key)
+    await note(conn, row, f"{reason}_requested",
+               {"charge_key": charge_key, "amount": str(plan.price.amount), "currency": plan.price.currency},
+               now=deps.clock.now(), correlation_id=charge_key)
 
 
 # -- what is due -----------------------------------------------------------------------------------------
@@ -166,41 +151,41 @@ async def _request_charge(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Rec
 async def _trial_ended(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> str:
     trial_end = row["trial_end"]
     if on_period_end(S.TRIAL, cancel_at_period_end=row["cancel_at_period_end"]) is PeriodEndAction.CANCEL:
-        await _change_status(conn, row, E.PERIOD_END_REACHED, ended_at=trial_end)
+        await apply_event(conn, row, E.PERIOD_END_REACHED, {}, now=now, ended_at=trial_end)
         return "canceled_at_period_end"
-    _, plan = await _plan(conn, row["plan_id"])
-    has_card = await due.has_default_payment_method(conn, row["user_id"])
+    _, plan = await load_plan(conn, row["plan_id"])
+    has_card = await payment_methods.get_default(conn, row["user_id"]) is not None
     if decide_trial_end(plan, has_payment_method=has_card) is TrialOutcome.EXPIRE:
-        await _change_status(conn, row, E.TRIAL_EXPIRED_NO_PAYMENT, {"free_plan": plan.is_free, "had_card": has_card},
-                             ended_at=trial_end)
+        await apply_event(conn, row, E.TRIAL_EXPIRED_NO_PAYMENT, {"free_plan": plan.is_free, "had_card": has_card},
+                          now=now, ended_at=trial_end)
         return "trials_expired"
     await _request_charge(deps, conn, row, family="trial_payment", reason="trial_conversion",
                           charge_key=f"trial_conversion:{row['id']}", plan=plan,
                           period=Period(trial_end, add_cycle(trial_end, plan.billing_cycle)))
-    await due.update(conn, row["id"], conversion_requested_at=now)
+    await due.mark(conn, row["id"], conversion_requested_at=now)
     return "trials_converting"
 
 
 async def _period_ended(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> str:
     period_end = row["current_period_end"]
     if on_period_end(S.ACTIVE, cancel_at_period_end=row["cancel_at_period_end"]) is PeriodEndAction.CANCEL:
-        await _change_status(conn, row, E.PERIOD_END_REACHED, ended_at=period_end)
+        await apply_event(conn, row, E.PERIOD_END_REACHED, {}, now=now, ended_at=period_end)
         return "canceled_at_period_end"
     plan_id = row["plan_id"]
     if row["pending_plan_id"] is not None:  # the downgrade applies from this period end on
         plan_id = row["pending_plan_id"]
-        await _change_status(conn, row, E.CHANGE_PLAN, {"from_plan_id": str(row["plan_id"]), "to_plan_id": str(plan_id),
-                                                        "at": period_end.isoformat(), "scheduled": True},
-                             plan_id=plan_id, pending_plan_id=None)
-    _, plan = await _plan(conn, plan_id)
+        await apply_event(conn, row, E.CHANGE_PLAN, {"from_plan_id": str(row["plan_id"]), "to_plan_id": str(plan_id),
+                                                     "effective_at": period_end, "scheduled": True},
+                          now=now, plan_id=plan_id, pending_plan_id=None)
+    _, plan = await load_plan(conn, plan_id)
     period = following_period(row, plan.billing_cycle)
     if plan.is_free:
-        await _change_status(conn, row, E.RENEW_SUCCEEDED, {"free_plan": True},
-                             current_period_start=period.start, current_period_end=period.end)
+        await apply_event(conn, row, E.RENEW_SUCCEEDED, {"free_plan": True}, now=now,
+                          current_period_start=period.start, current_period_end=period.end)
         return "free_renewals"
     await _request_charge(deps, conn, row, family="payment_initiation", reason="renewal",
                           charge_key=f"renewal:{row['id']}:{period_end.isoformat()}", plan=plan, period=period)
-    await due.update(conn, row["id"], renewal_requested_for=period_end)
+    await due.mark(conn, row["id"], renewal_requested_for=period_end)
     return "renewals_requested"
 
 
@@ -208,20 +193,19 @@ async def _retry_due(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, 
     policy = DunningPolicy(tuple(deps.settings.dunning_retry_days))
     made = row["dunning_attempts"]
     if made >= len(policy.retry_after_days):  # the ladder was shortened under this subscription
-        await _change_status(conn, row, E.DUNNING_EXHAUSTED, {"attempts": made},
-                             canceled_at=now, ended_at=now, next_retry_at=None)
+        await apply_event(conn, row, E.DUNNING_EXHAUSTED, {"attempts": made}, now=now,
+                          canceled_at=now, ended_at=now, next_retry_at=None)
         return "dunning_exhausted"
-    _, plan = await _plan(conn, row["plan_id"])
+    _, plan = await load_plan(conn, row["plan_id"])
     attempt = made + 1
     await _request_charge(deps, conn, row, family="payment_initiation", reason="dunning_retry",
                           charge_key=f"dunning:{row['id']}:{attempt}", plan=plan, period=None)
-    await due.update(conn, row["id"], retry_requested_attempt=attempt)
+    await due.mark(conn, row["id"], retry_requested_attempt=attempt)
     return "retries_requested"
 
 
 async def _pending_expired(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> str:
-    await _change_status(conn, row, E.PAYMENT_WINDOW_EXPIRED, {"created_at": row["created_at"].isoformat()},
-                         ended_at=now)
+    await apply_event(conn, row, E.PAYMENT_WINDOW_EXPIRED, {"created_at": row["created_at"]}, now=now, ended_at=now)
     return "pending_expired"
 
 
@@ -301,15 +285,24 @@ class Scheduler:
         return await tick(self.deps, self.deps.clock.now())
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Tick whenever the clock has moved an interval since the last tick. Waking up every second (at
+        most) to look is what makes it test-clock aware: after POST /v1/test-clock/advance the due work
+        runs within about a second instead of at the next interval."""
         log.info("scheduler started", interval=self.interval, token=self.lock.token)
+        poll = min(self.interval, 1.0)
+        last: datetime | None = None
         try:
             while not stop.is_set():
-                try:
-                    await self.run_once()
-                except (OSError, asyncpg.PostgresError, aioredis.RedisError):
-                    log.exception("tick failed; retrying next interval")
+                now = self.deps.clock.now()
+                if last is None or now - last >= timedelta(seconds=self.interval):
+                    try:
+                        await self.run_once()
+                        last = now
+                    except (OSError, asyncpg.PostgresError, aioredis.RedisError):
+                        log.exception("tick failed; retrying next interval")
+                        last = now
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.interval)
+                    await asyncio.wait_for(stop.wait(), poll)
         finally:
             with suppress(Exception):
                 await self.lock.release()
@@ -320,9 +313,12 @@ async def run_scheduler(settings: Settings, *, clock: Clock | None = None, stop:
     stop = stop or asyncio.Event()
     pool = await create_pool(settings.database_url, settings.database_schema, max_size=4)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    clock = clock or clock_for(settings)
+    await start_clock(clock, redis)  # development: the test clock every process shares through Redis
     try:
-        await Scheduler(Deps(settings=settings, pool=pool, redis=redis, clock=clock or SystemClock())).run(stop)
+        await Scheduler(Deps(settings=settings, pool=pool, redis=redis, clock=clock)).run(stop)
     finally:
+        await stop_clock(clock)
         await redis.aclose()
         await pool.close()
 

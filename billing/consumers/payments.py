@@ -18,7 +18,7 @@ from billing.consumers.deps import Deps
 from billing.money import Money
 from billing.payments import (CardError, GatewayResult, GatewayStatus, MockGateway, TransactionStatus, check_expiry,
                               status_after_refund, status_for_gateway_result)
-from billing.sql import payment_methods, transactions
+from billing.sql import invoices, payment_methods, transactions
 from billing.streams import Envelope, PermanentError, Router, claim_inbox
 
 log = structlog.get_logger("billing.payments")
@@ -140,6 +140,8 @@ async def refund_payment(deps: Deps, envelope: Envelope, cmd: RefundPayment, *,
             refunded = Money.of(charge["refunded_amount"], currency) + amount
             status = status_after_refund(Money.of(charge["amount"], currency), refunded)
             await transactions.add_refunded(conn, charge["id"], amount.amount, status.value)
+            # A refund line (credit note) on the charge's invoice, if it has one.
+            await invoices.record_refund(conn, charge_id=charge["id"], refund_id=refund["id"], amount=amount, now=now)
     log.info("refund completed", refund_id=str(cmd.refund_id), charge_id=str(cmd.charge_id), amount=str(amount))
 
 

@@ -47,17 +47,17 @@ class InvoiceDetail(InvoiceOut):
     lines: list[InvoiceLineOut]
 
 
-class InvoicePage(BaseModel):
+class InvoicePage(BaseModel):           # the same page shape as GET /v1/payments/history
     items: list[InvoiceOut]
     total: int
-    limit: int
-    offset: int
+    page: int
+    page_size: int
 
 
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    limit: int = Field(20, ge=1, le=100)
-    offset: int = Field(0, ge=0)
+    page: int = Field(1, ge=1)
+    page_size: int = Field(20, ge=1, le=100)
 
 
 def invoice_out(row) -> InvoiceOut:
@@ -68,9 +68,9 @@ def invoice_out(row) -> InvoiceOut:
 @routes.get("/v1/invoices", query=PageQuery, response=InvoicePage, errors=(401, 422),
             summary="Your invoices, newest first")
 async def list_invoices(request: web.Request, query: PageQuery):
-    rows, total = await invoices.list_for_user(request.app[POOL], user_id(request), limit=query.limit,
-                                               offset=query.offset)
-    return InvoicePage(items=[invoice_out(r) for r in rows], total=total, limit=query.limit, offset=query.offset)
+    rows, total = await invoices.list_for_user(request.app[POOL], user_id(request), limit=query.page_size,
+                                               offset=(query.page - 1) * query.page_size)
+    return InvoicePage(items=[invoice_out(r) for r in rows], total=total, page=query.page, page_size=query.page_size)
 
 
 @routes.get("/v1/invoices/{id}", response=InvoiceDetail, errors=(401, 404), summary="One of your invoices with its lines")

@@ -13,7 +13,10 @@ from uuid import UUID
 import asyncpg
 
 _SUB = ("s.id, s.user_id, s.plan_id, s.status, s.current_period_start, s.current_period_end, s.trial_end,"
-        " s.cancel_at_period_end, s.pending_plan_id, s.dunning_attempts, s.next_retry_at, s.created_at")
+        " s.cancel_at_period_end, s.pending_plan_id, s.dunning_attempts, s.next_retry_at, s.billing_anchor, s.created_at")
+
+# The scheduler's own marks (migration 006); state changes go through billing.sql.subscriptions.
+_MARKS = frozenset({"renewal_requested_for", "retry_requested_attempt", "conversion_requested_at"})
 
 
 async def lock_due_trials(conn: asyncpg.Connection, now: datetime, limit: int, skip: Sequence[UUID]) -> list[asyncpg.Record]:
@@ -62,31 +65,14 @@ async def lock_stale_pending(conn: asyncpg.Connection, created_before: datetime,
     )
 
 
-async def update(conn: asyncpg.Connection, subscription_id: UUID, **fields: Any) -> None:
-    """Set columns of a subscription (names come from this package's code, never from input)."""
-    names = list(fields)
+async def mark(conn: asyncpg.Connection, subscription_id: UUID, **marks: Any) -> None:
+    """Remember what the scheduler asked for (in the transaction that put the command in the outbox)."""
+    if not marks or set(marks) - _MARKS:
+        raise ValueError(f"not a scheduler mark: {sorted(set(marks) - _MARKS)}")
+    names = list(marks)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=2))
-    await conn.execute(f"UPDATE subscriptions SET {assignments}, version = version + 1 WHERE id = $1",
-                       subscription_id, *(fields[n] for n in names))
-
-
-async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_type: str, from_status: str | None,
-                       to_status: str | None, data: dict | None = None, correlation_id: str | None = None) -> None:
-    await conn.execute(
-        # clock_timestamp(), not now(): events of one transaction keep their order.
-        """INSERT INTO subscription_events (subscription_id, event_type, from_status, to_status, data, correlation_id,
-                                            created_at)
-           VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())""",
-        subscription_id, event_type, from_status, to_status, data or {}, correlation_id,
-    )
-
-
-async def has_default_payment_method(conn: asyncpg.Connection, user_id: UUID) -> bool:
-    """Whether the user saved a default card (payments' payment_methods; absent table = no card)."""
-    if await conn.fetchval("SELECT to_regclass('payment_methods')") is None:
-        return False
-    return bool(await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM payment_methods WHERE user_id = $1 AND is_default)", user_id))
+    await conn.execute(f"UPDATE subscriptions SET {assignments} WHERE id = $1",
+                       subscription_id, *(marks[n] for n in names))
 
 
 async def delete_expired_idempotency_keys(conn: asyncpg.Connection, now: datetime) -> int:

@@ -6,17 +6,21 @@ so a redelivered PaymentOutcome or refund result never bills or credits twice.
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Sequence
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 from billing.commands import PaymentOutcome
 from billing.invoices import InvoiceLine, LineKind, build_invoice, plan_charge_line, proration_lines
 from billing.money import Money
 from billing.plans import Period, Plan
-from billing.subscriptions import Proration
+from billing.sql import plans
+from billing.subscriptions import prorate
+
+log = structlog.get_logger("billing.invoices")
 
 _COLUMNS = ("id, user_id, subscription_id, number, status, reason, currency, subtotal, total, amount_due, amount_paid,"
             " amount_refunded, period_start, period_end, transaction_id, paid_at, created_at")
@@ -70,33 +74,58 @@ async def _insert_line(conn: asyncpg.Connection, invoice_id: UUID, position: int
     )
 
 
-async def create_invoice_for_payment(conn: asyncpg.Connection, outcome: PaymentOutcome, *, plan: Plan,
-                                     period: Period, now: datetime, old_plan: Plan | None = None,
-                                     proration: Proration | None = None) -> asyncpg.Record | None:
-    """The paid invoice of a successful subscription charge; call it where the outcome is applied, in its transaction.
+async def create_invoice_for_payment(conn: asyncpg.Connection, outcome: PaymentOutcome, *,
+                                     now: datetime) -> asyncpg.Record | None:
+    """The paid invoice of a successful subscription charge. Call it where the outcome has just been applied
+    to the subscription, in the same transaction: the subscription row then holds the period paid for.
 
-    - subscription_create / renewal / trial_conversion / dunning_retry: one plan_charge line for ``period``
-      (the period the charge paid for) at the amount actually charged;
-    - upgrade: the proration credit for ``old_plan`` and debit for ``plan`` over ``period`` (from the change to
-      the period end), which must add up to the amount charged.
-    Returns None for a failed outcome (nothing was paid). Raises ValueError when the lines do not add up.
+    - subscription_create / renewal / trial_conversion / dunning_retry: one plan_charge line for the current
+      period, at the amount actually charged;
+    - upgrade: the proration credit for the old plan and debit for the new one from the moment of the change
+      (its upgrade_payment_requested event, found by charge_key) to the period end; if those do not add up to
+      the amount charged (a bug upstream), one proration_debit line for what was charged, logged as such.
+    Returns None for a failed outcome or one without a subscription (nothing to invoice). Idempotent.
     """
-    if outcome.status != "succeeded":
+    if outcome.status != "succeeded" or outcome.subscription_id is None:
+        return None
+    sub = await conn.fetchrow(
+        "SELECT plan_id, current_period_start, current_period_end FROM subscriptions WHERE id = $1",
+        outcome.subscription_id)
+    if sub is None:
         return None
     charged = Money.of(outcome.amount, outcome.currency)
-    if outcome.reason in PLAN_CHARGE_REASONS:
+    plan = plans.to_domain(await plans.get(conn, outcome.plan_id if outcome.reason == "upgrade" and outcome.plan_id
+                                           else sub["plan_id"]))
+    period = Period(sub["current_period_start"], sub["current_period_end"])
+    if outcome.reason == "upgrade":
+        lines = await _upgrade_lines(conn, outcome, plan, period, charged)
+    elif outcome.reason in PLAN_CHARGE_REASONS:
         line = plan_charge_line(plan, period)
         lines = [InvoiceLine(line.kind, line.description, charged, line.period_start, line.period_end)]
-    elif outcome.reason == "upgrade":
-        if old_plan is None or proration is None:
-            raise ValueError("an upgrade invoice needs old_plan and proration")
-        lines = proration_lines(proration, old_plan, plan, period.start, period.end)
     else:
         raise ValueError(f"no invoice for charge reason {outcome.reason!r}")
-    if build_invoice(lines).amount_due != charged:
-        raise ValueError(f"invoice lines add up to {build_invoice(lines).amount_due}, the charge was {charged}")
     return await create(conn, user_id=outcome.user_id, subscription_id=outcome.subscription_id,
                         reason=outcome.reason, lines=lines, now=now, transaction_id=outcome.transaction_id)
+
+
+async def _upgrade_lines(conn: asyncpg.Connection, outcome: PaymentOutcome, new: Plan, period: Period,
+                         charged: Money) -> list[InvoiceLine]:
+    requested = await conn.fetchrow(
+        """SELECT data FROM subscription_events
+           WHERE subscription_id = $1 AND event_type = 'upgrade_payment_requested' AND data->>'charge_key' = $2""",
+        outcome.subscription_id, outcome.charge_key)
+    if requested is not None:
+        at = datetime.fromisoformat(requested["data"]["effective_at"])
+        old = plans.to_domain(await plans.get(conn, UUID(requested["data"]["from_plan_id"])))
+        lines = proration_lines(prorate(old.price, new.price, period.start, period.end, at), old, new, at, period.end)
+        if build_invoice(lines).amount_due == charged:
+            return lines
+        log.error("upgrade proration does not match the charge", charge_key=outcome.charge_key,
+                  lines_total=str(build_invoice(lines).amount_due), charged=str(charged))
+    else:
+        at = outcome.occurred_at
+    start = min(max(at, period.start), period.end - timedelta(microseconds=1))
+    return [InvoiceLine(LineKind.PRORATION_DEBIT, f"Upgrade to {new.name} (prorated)", charged, start, period.end)]
 
 
 async def record_refund(conn: asyncpg.Connection, *, charge_id: UUID, refund_id: UUID, amount: Money,

@@ -47,7 +47,7 @@ async def charges(pool) -> list[tuple[str, ChargeSubscription]]:
 
 async def events(pool, sub_id) -> list[str]:
     return [r["event_type"] for r in await pool.fetch(
-        "SELECT event_type FROM subscription_events WHERE subscription_id = $1 ORDER BY created_at, id", sub_id)]
+        "SELECT event_type FROM subscription_events WHERE subscription_id = $1 ORDER BY seq", sub_id)]
 
 
 async def make_charge(pool, user_id, sub_id, amount: str, reason: str, currency: str = "USD") -> uuid.UUID:

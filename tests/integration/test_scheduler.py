@@ -6,6 +6,7 @@ import pytest
 
 from billing.clock import FrozenClock
 from billing.consumers.deps import Deps
+from billing.sql import payment_methods
 from billing.scheduler import LeaderLock, Scheduler, reset_usage, tick
 from tests.conftest import make_settings
 from tests.integration.scheduling import charges, events, make_subscription, plan_id, subscription
@@ -98,10 +99,9 @@ async def test_free_trial_expires_and_a_paid_trial_with_a_card_converts(deps, po
     no_card = await make_subscription(pool, plan="pro", status="trial", trial_end=T0 + timedelta(days=14))
     canceling = await make_subscription(pool, plan="pro", status="trial", trial_end=T0 + timedelta(days=14),
                                         cancel_at_period_end=True)
-    # payments owns payment_methods; a minimal stand-in if its migration is not here yet.
-    await pool.execute("CREATE TABLE IF NOT EXISTS payment_methods (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
-                       " user_id uuid NOT NULL, is_default boolean NOT NULL DEFAULT false)")
-    await pool.execute("INSERT INTO payment_methods (user_id, is_default) VALUES ($1, true)", paid["user_id"])
+    async with pool.acquire() as conn:
+        await payment_methods.create_default(conn, user_id=paid["user_id"], brand="visa", last4="4242", exp_month=12,
+                                             exp_year=2030, gateway_token="pm_test_sched")
 
     frozen.advance(timedelta(days=13))
     assert (await tick(deps, frozen.now())).trials_expired == 0
