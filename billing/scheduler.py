@@ -132,7 +132,7 @@ def following_period(row: asyncpg.Record, cycle: BillingCycle) -> Period:
 
 
 async def _request_charge(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, *, family: str, reason: str,
-                          charge_key: str, plan: Plan, period: Period | None) -> None:
+                          charge_key: str, plan: Plan, period: Period | None, now: datetime) -> None:
     """Put ChargeSubscription in the outbox (same transaction as the caller's mark) and log it as an event."""
     command = ChargeSubscription(
         subscription_id=row["id"], user_id=row["user_id"], amount=plan.price.amount, currency=plan.price.currency,
@@ -143,7 +143,7 @@ async def _request_charge(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Rec
                        idempotency_key=charge_key)
     await note(conn, row, f"{reason}_requested",
                {"charge_key": charge_key, "amount": str(plan.price.amount), "currency": plan.price.currency},
-               now=deps.clock.now(), correlation_id=charge_key)
+               now=now, correlation_id=charge_key)
 
 
 # -- what is due -----------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ async def _trial_ended(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record
         return "trials_expired"
     await _request_charge(deps, conn, row, family="trial_payment", reason="trial_conversion",
                           charge_key=f"trial_conversion:{row['id']}", plan=plan,
-                          period=Period(trial_end, add_cycle(trial_end, plan.billing_cycle)))
+                          period=Period(trial_end, add_cycle(trial_end, plan.billing_cycle)), now=now)
     await due.mark(conn, row["id"], conversion_requested_at=now)
     return "trials_converting"
 
@@ -184,7 +184,7 @@ async def _period_ended(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Recor
                           current_period_start=period.start, current_period_end=period.end)
         return "free_renewals"
     await _request_charge(deps, conn, row, family="payment_initiation", reason="renewal",
-                          charge_key=f"renewal:{row['id']}:{period_end.isoformat()}", plan=plan, period=period)
+                          charge_key=f"renewal:{row['id']}:{period_end.isoformat()}", plan=plan, period=period, now=now)
     await due.mark(conn, row["id"], renewal_requested_for=period_end)
     return "renewals_requested"
 
@@ -199,7 +199,7 @@ async def _retry_due(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, 
     _, plan = await load_plan(conn, row["plan_id"])
     attempt = made + 1
     await _request_charge(deps, conn, row, family="payment_initiation", reason="dunning_retry",
-                          charge_key=f"dunning:{row['id']}:{attempt}", plan=plan, period=None)
+                          charge_key=f"dunning:{row['id']}:{attempt}", plan=plan, period=None, now=now)
     await due.mark(conn, row["id"], retry_requested_attempt=attempt)
     return "retries_requested"
 

@@ -223,3 +223,20 @@ async def test_run_loop_ticks_and_releases_its_lock_on_stop(settings, pool, redi
     await asyncio.wait_for(task, 2)
     assert len(await charges(pool)) == 1
     assert await redis.get(scheduler.lock.key) is None
+
+
+async def test_the_loop_ticks_soon_after_the_test_clock_jumps_not_a_whole_interval_later(settings, pool, redis, frozen):
+    deps = Deps(settings=settings.model_copy(update={"scheduler_interval_seconds": 3600}), pool=pool, redis=redis,
+                clock=frozen)
+    await make_subscription(pool, **month())
+    scheduler, stop = Scheduler(deps), asyncio.Event()
+    task = asyncio.create_task(scheduler.run(stop))
+    await asyncio.sleep(0.1)                        # first tick: nothing due
+    frozen.advance(timedelta(days=31))              # like POST /v1/test-clock/advance
+    for _ in range(30):
+        if await charges(pool):
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.wait_for(task, 3)
+    assert len(await charges(pool)) == 1
