@@ -1,6 +1,6 @@
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -49,10 +49,12 @@ async def renewal(pool, number=VISA, *, attach_card=True, key=None):
     return cmd, Envelope.build(CHARGE_SUBSCRIPTION, cmd)
 
 
-async def test_renewal_charges_the_default_card_by_token(deps, pool, gateway):
+async def test_renewal_charges_the_default_card_by_token(deps, pool, gateway, clock):
+    clock.advance(timedelta(days=40))  # the transaction's time is the injected clock's
     cmd, env = await renewal(pool)
     await actors.charge_subscription(deps, env, cmd, gateway=gateway)
     txn = await transactions.get_by_key(pool, cmd.user_id, cmd.charge_key)
+    assert txn["created_at"] > datetime.now(UTC) + timedelta(days=39)
     assert (txn["status"], txn["reason"], txn["card_last4"], txn["amount"]) == ("succeeded", "renewal", "4242", Decimal("9.99"))
     assert txn["gateway_reference"].startswith("mock_ch_") and gateway.charges == [cmd.charge_key]
     [outcome] = await outbox(pool, "subscription_update")
@@ -70,6 +72,15 @@ async def test_duplicate_commands_and_redeliveries_charge_once(deps, pool, gatew
     assert gateway.charges == [cmd.charge_key]
     assert await pool.fetchval("SELECT count(*) FROM transactions") == 1
     assert len(await outbox(pool, "subscription_update")) == 1
+
+
+async def test_a_charge_key_naming_another_transaction_is_a_permanent_error(deps, pool, gateway):
+    cmd, env = await renewal(pool)
+    await actors.charge_subscription(deps, env, cmd, gateway=gateway)
+    other = cmd.model_copy(update={"reason": "upgrade"})
+    with pytest.raises(PermanentError):
+        await actors.charge_subscription(deps, Envelope.build(CHARGE_SUBSCRIPTION, other), other, gateway=gateway)
+    assert len(gateway.charges) == 1
 
 
 async def test_no_default_card_is_a_failed_outcome(deps, pool, gateway):

@@ -1,7 +1,7 @@
 import asyncio
 import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -145,9 +145,11 @@ async def test_amount_and_currency_must_match_what_is_due(client, user, pool):
     assert await pool.fetchval("SELECT count(*) FROM transactions") == 0
 
 
-async def test_past_due_pays_the_current_plan_price_as_a_dunning_retry(client, user, pool):
+async def test_past_due_pays_the_current_plan_price_as_a_dunning_retry(client, user, pool, clock):
     sub = await make_subscription(pool, user["user"]["id"], plan="pro", status="past_due",
-                                  past_due_since=datetime.now(UTC))
+                                  past_due_since=clock.now() - timedelta(days=1))
+    code, answer, _ = await pay(client, user, payment_body(sub, amount="9.99"))
+    assert code == 422 and answer["code"] == "amount_mismatch"
     code, answer, _ = await pay(client, user, payment_body(sub, amount="29.99"))
     assert code == 201 and answer["data"]["reason"] == "dunning_retry"
     code, answer, _ = await pay(client, user, payment_body(sub, amount="29.99"))
@@ -185,9 +187,10 @@ async def test_same_key_replays_the_same_transaction_and_charges_once(client, us
     code2, second, resp = await pay(client, user, body, key="k-1")
     assert code1 == code2 == 201 and resp.headers.get("Idempotent-Replayed") == "true"
     assert first["data"]["id"] == second["data"]["id"]
-    assert gateway.charges == [f"{user['user']['id']}:k-1"]
+    assert gateway.charges == [f"{user['user']['id']}:api:k-1"]
     assert await pool.fetchval("SELECT count(*) FROM transactions") == 1
-    assert await pool.fetchval("SELECT idempotency_key FROM transactions") == "k-1"
+    # Namespaced: a client's key never collides with a worker's charge_key.
+    assert await pool.fetchval("SELECT idempotency_key FROM transactions") == "api:k-1"
 
 
 async def test_a_decline_is_replayed_too(client, user, pool, gateway):
