@@ -68,7 +68,7 @@ async def charge_subscription(deps: Deps, envelope: Envelope, cmd: ChargeSubscri
     async with deps.pool.acquire() as conn:
         async with conn.transaction():
             method = await payment_methods.get_default(conn, cmd.user_id)
-            txn = await _pending_charge(conn, cmd, amount, method)
+            txn = await _pending_charge(conn, cmd, amount, method, now)
             if txn is None:  # already finished by an earlier delivery or a duplicate command
                 await claim_inbox(conn, consumer, envelope.id)
                 log.info("charge already done", charge_key=cmd.charge_key)
@@ -95,15 +95,17 @@ async def charge_subscription(deps: Deps, envelope: Envelope, cmd: ChargeSubscri
 
 
 async def _pending_charge(conn: asyncpg.Connection, cmd: ChargeSubscription, amount: Money,
-                          method: asyncpg.Record | None) -> asyncpg.Record | None:
+                          method: asyncpg.Record | None, now: datetime) -> asyncpg.Record | None:
     """The locked pending transaction of this charge_key (created if new); None if it is already final."""
     txn = await transactions.create(
         conn, user_id=cmd.user_id, subscription_id=cmd.subscription_id, kind="charge", amount=amount.amount,
         currency=amount.currency, reason=cmd.reason, idempotency_key=cmd.charge_key,
         card_brand=method["brand"] if method else None, card_last4=method["last4"] if method else None,
-        metadata={"plan_id": str(cmd.plan_id) if cmd.plan_id else None})
+        metadata={"plan_id": str(cmd.plan_id) if cmd.plan_id else None}, created_at=now)
     if txn is None:  # the key exists (a concurrent duplicate waited here for the first one to commit)
         txn = await transactions.get_by_key(conn, cmd.user_id, cmd.charge_key, for_update=True)
+        if (txn["kind"], txn["subscription_id"], txn["reason"]) != ("charge", cmd.subscription_id, cmd.reason):
+            raise PermanentError(f"charge_key {cmd.charge_key!r} already names another transaction ({txn['id']})")
         if txn["status"] != TransactionStatus.PENDING:
             return None
     return txn

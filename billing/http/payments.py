@@ -177,7 +177,9 @@ def _gateway(request: web.Request) -> MockGateway:
              errors=(402, 404, 409, 422, 504), summary="Pay a pending or past-due subscription with a card")
 async def process_payment(request: web.Request, body: PaymentRequest):
     """Charge the amount due on a pending (first payment) or past_due (dunning) subscription."""
-    uid, now, key = user_id(request), request.app[CLOCK].now(), request.headers[HEADER].strip()
+    uid, now = user_id(request), request.app[CLOCK].now()
+    # Namespaced so a client's key can never collide with a worker's charge_key (or a refund's key).
+    key = "api:" + request.headers[HEADER].strip()
     card = parse_card(body, now)
     deps, gateway = _deps(request), _gateway(request)
     async with request.app[POOL].acquire() as conn:
@@ -187,7 +189,7 @@ async def process_payment(request: web.Request, body: PaymentRequest):
                 raise NotFound("no such subscription")
             txn = await transactions.get_by_key(conn, uid, key, for_update=True)
             if txn is None:
-                txn = await _new_charge(conn, sub, body, card, uid, key)
+                txn = await _new_charge(conn, sub, body, card, uid, key, now)
             elif not _same_charge(txn, body, card):
                 raise Conflict(f"this {HEADER} was already used with a different request", code="idempotency_key_reused")
             if txn["status"] == TransactionStatus.PENDING:  # new, or a retry after a gateway timeout
@@ -214,12 +216,14 @@ async def process_payment(request: web.Request, body: PaymentRequest):
     return Reply(out, "payment succeeded", 201)
 
 
-async def _new_charge(conn, sub, body: PaymentRequest, card: CardDetails, uid: UUID, key: str) -> asyncpg.Record:
+async def _new_charge(conn, sub, body: PaymentRequest, card: CardDetails, uid: UUID, key: str,
+                      now: datetime) -> asyncpg.Record:
     """Check the subscription can be paid for this amount now, then insert the pending charge."""
     if sub["status"] == "pending":
         reason, since = "subscription_create", None
     elif sub["status"] == "past_due":
-        reason, since = "dunning_retry", sub["past_due_since"]
+        # A charge since the subscription fell due settles it. Unknown since when: any charge does.
+        reason, since = "dunning_retry", sub["past_due_since"] or sub["current_period_start"]
     else:
         raise Conflict(f"a {sub['status']} subscription has nothing to pay", code="subscription_not_payable")
     due = Money.of(sub["price"], sub["currency"].strip())
@@ -233,7 +237,7 @@ async def _new_charge(conn, sub, body: PaymentRequest, card: CardDetails, uid: U
                        code=code, details={"transaction_id": str(blocking["id"])})
     txn = await transactions.create(
         conn, user_id=uid, subscription_id=sub["id"], kind="charge", amount=due.amount, currency=due.currency,
-        reason=reason, card_brand=card.brand.value, card_last4=card.last4, idempotency_key=key)
+        reason=reason, card_brand=card.brand.value, card_last4=card.last4, idempotency_key=key, created_at=now)
     if txn is None:  # the key is held by a transaction of another kind (e.g. no subscription match)
         raise Conflict(f"this {HEADER} was already used with a different request", code="idempotency_key_reused")
     return txn
@@ -277,7 +281,7 @@ async def refund_payment(request: web.Request, body: RefundRequest):
             refund = await transactions.create(
                 conn, user_id=uid, subscription_id=charge["subscription_id"], parent_id=charge["id"], kind="refund",
                 amount=amount.amount, currency=currency, reason=body.reason or "requested_by_customer",
-                idempotency_key=f"refund:{key}")
+                idempotency_key=f"refund:{key}", created_at=request.app[CLOCK].now())
             if refund is None:
                 raise Conflict(f"this {HEADER} was already used for another refund", code="idempotency_key_reused")
             await deps.enqueue(conn, "refund_initiation", REFUND_PAYMENT, RefundPayment(

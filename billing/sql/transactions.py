@@ -1,6 +1,7 @@
 """Transactions repository: charges and refunds. Reads for users always carry the user_id."""
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -14,16 +15,18 @@ _COLUMNS = ("id, user_id, subscription_id, kind, parent_id, amount, currency, re
 async def create(conn: asyncpg.Connection, *, user_id: UUID, kind: str, amount: Decimal, currency: str,
                  status: str = "pending", subscription_id: UUID | None = None, parent_id: UUID | None = None,
                  reason: str | None = None, card_brand: str | None = None, card_last4: str | None = None,
-                 idempotency_key: str | None = None, metadata: dict | None = None) -> asyncpg.Record | None:
-    """Insert; None when (user_id, idempotency_key) already exists (the caller then reads that row)."""
+                 idempotency_key: str | None = None, metadata: dict | None = None,
+                 created_at: datetime | None = None) -> asyncpg.Record | None:
+    """Insert; None when (user_id, idempotency_key) already exists (the caller then reads that row).
+    ``created_at`` comes from the injected clock, so it compares with the subscription's times."""
     return await conn.fetchrow(
         f"""INSERT INTO transactions (user_id, subscription_id, kind, parent_id, amount, currency, status, reason,
-                                      card_brand, card_last4, idempotency_key, metadata)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                      card_brand, card_last4, idempotency_key, metadata, created_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, coalesce($13, now()))
             ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
             RETURNING {_COLUMNS}""",
         user_id, subscription_id, kind, parent_id, amount, currency, status, reason,
-        card_brand, card_last4, idempotency_key, metadata or {},
+        card_brand, card_last4, idempotency_key, metadata or {}, created_at,
     )
 
 
@@ -94,7 +97,7 @@ async def lock_subscription_for_user(conn: asyncpg.Connection, subscription_id: 
     """The user's subscription with its plan's price, row-locked so charges for it run one at a time.
     (Lives here until the subscriptions repository offers it.)"""
     return await conn.fetchrow(
-        """SELECT s.id, s.user_id, s.plan_id, s.status, s.past_due_since, p.price, p.currency
+        """SELECT s.id, s.user_id, s.plan_id, s.status, s.past_due_since, s.current_period_start, p.price, p.currency
            FROM subscriptions s JOIN plans p ON p.id = s.plan_id
            WHERE s.id = $1 AND s.user_id = $2 FOR UPDATE OF s""",
         subscription_id, user_id)
