@@ -26,9 +26,6 @@ _COLUMNS = ("id, user_id, subscription_id, number, status, reason, currency, sub
             " amount_refunded, period_start, period_end, transaction_id, paid_at, created_at")
 _LINE_COLUMNS = "id, invoice_id, position, kind, description, amount, period_start, period_end, transaction_id, created_at"
 
-# Charge reasons whose invoice is one plan_charge line for the period paid for.
-PLAN_CHARGE_REASONS = frozenset({"subscription_create", "renewal", "trial_conversion", "dunning_retry"})
-
 
 async def next_number(conn: asyncpg.Connection) -> str:
     n = await conn.fetchval("SELECT nextval('invoice_number_seq')")
@@ -79,8 +76,8 @@ async def create_invoice_for_payment(conn: asyncpg.Connection, outcome: PaymentO
     """The paid invoice of a successful subscription charge. Call it where the outcome has just been applied
     to the subscription, in the same transaction: the subscription row then holds the period paid for.
 
-    - subscription_create / renewal / trial_conversion / dunning_retry: one plan_charge line for the current
-      period, at the amount actually charged;
+    - subscription_create / renewal / trial_conversion / dunning_retry (any reason but upgrade): one
+      plan_charge line for the current period, at the amount actually charged;
     - upgrade: the proration credit for the old plan and debit for the new one from the moment of the change
       (its upgrade_payment_requested event, found by charge_key) to the period end; if those do not add up to
       the amount charged (a bug upstream), one proration_debit line for what was charged, logged as such.
@@ -99,11 +96,9 @@ async def create_invoice_for_payment(conn: asyncpg.Connection, outcome: PaymentO
     period = Period(sub["current_period_start"], sub["current_period_end"])
     if outcome.reason == "upgrade":
         lines = await _upgrade_lines(conn, outcome, plan, period, charged)
-    elif outcome.reason in PLAN_CHARGE_REASONS:
+    else:
         line = plan_charge_line(plan, period)
         lines = [InvoiceLine(line.kind, line.description, charged, line.period_start, line.period_end)]
-    else:
-        raise ValueError(f"no invoice for charge reason {outcome.reason!r}")
     return await create(conn, user_id=outcome.user_id, subscription_id=outcome.subscription_id,
                         reason=outcome.reason, lines=lines, now=now, transaction_id=outcome.transaction_id)
 

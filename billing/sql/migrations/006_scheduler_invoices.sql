@@ -13,6 +13,8 @@ CREATE INDEX IF NOT EXISTS subscriptions_pending_created ON subscriptions (creat
 CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at);
 
 -- Numbers are sequential per deployment (INV-000001); a rolled-back transaction leaves a gap.
+-- transaction_id has no foreign key: the id comes from the payments service's outcome, and the
+-- subscriptions side must not depend on payments' tables (it may run on its own database).
 CREATE SEQUENCE invoice_number_seq;
 
 CREATE TABLE invoices (
@@ -30,7 +32,7 @@ CREATE TABLE invoices (
     amount_refunded numeric(12,2) NOT NULL DEFAULT 0 CHECK (amount_refunded >= 0),  -- refund lines (credit notes) added later
     period_start    timestamptz,
     period_end      timestamptz,
-    transaction_id  uuid UNIQUE REFERENCES transactions (id),       -- the charge that paid it: one invoice per charge
+    transaction_id  uuid UNIQUE,            -- the charge that paid it (payments' transaction): one invoice per charge
     paid_at         timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
@@ -46,7 +48,7 @@ CREATE TABLE invoice_lines (
     amount         numeric(12,2) NOT NULL CHECK (amount >= 0),      -- a magnitude: the kind gives the sign
     period_start   timestamptz,
     period_end     timestamptz,
-    transaction_id uuid UNIQUE REFERENCES transactions (id),       -- a refund line names its refund: added once
+    transaction_id uuid UNIQUE,                                      -- a refund line names its refund: added once
     created_at     timestamptz NOT NULL DEFAULT now(),
     UNIQUE (invoice_id, position)
 );
