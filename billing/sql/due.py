@@ -54,14 +54,19 @@ async def lock_due_retries(conn: asyncpg.Connection, now: datetime, limit: int, 
     )
 
 
-async def lock_stale_pending(conn: asyncpg.Connection, created_before: datetime, limit: int,
+async def lock_stale_pending(conn: asyncpg.Connection, pending_before: datetime, limit: int,
                              skip: Sequence[UUID]) -> list[asyncpg.Record]:
-    """Pending subscriptions whose first payment never succeeded within the payment window."""
+    """Pending subscriptions whose first payment never succeeded within the payment window. The window
+    opens when the subscription became pending (a trial that switched to a paid plan did so long after it
+    was created): its latest event into 'pending', else its creation."""
     return await conn.fetch(
         f"""SELECT {_SUB} FROM subscriptions s
-            WHERE s.status = 'pending' AND s.created_at <= $1 AND NOT (s.id = any($3::uuid[]))
-            ORDER BY s.created_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
-        created_before, limit, list(skip),
+            WHERE s.status = 'pending' AND NOT (s.id = any($3::uuid[]))
+              AND coalesce((SELECT max(e.created_at) FROM subscription_events e
+                            WHERE e.subscription_id = s.id AND e.to_status = 'pending'
+                              AND e.from_status IS DISTINCT FROM 'pending'), s.created_at) <= $1
+            ORDER BY s.created_at LIMIT $2 FOR UPDATE OF s SKIP LOCKED""",
+        pending_before, limit, list(skip),
     )
 
 

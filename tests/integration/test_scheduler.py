@@ -240,3 +240,14 @@ async def test_the_loop_ticks_soon_after_the_test_clock_jumps_not_a_whole_interv
     stop.set()
     await asyncio.wait_for(task, 3)
     assert len(await charges(pool)) == 1
+
+
+async def test_the_payment_window_opens_when_a_trial_turned_pending_not_at_creation(deps, pool, frozen):
+    from billing.sql import subscriptions as subs
+    sub = await make_subscription(pool, status="pending", created_at=T0 - timedelta(days=10))
+    async with pool.acquire() as conn:  # the trial user chose a paid plan an hour ago
+        await subs.record_event(conn, sub["id"], "end_trial_for_payment", "trial", "pending", {}, None,
+                                at=T0 - timedelta(hours=1))
+    assert (await tick(deps, frozen.now())).pending_expired == 0
+    frozen.advance(timedelta(hours=22))
+    assert (await tick(deps, frozen.now())).pending_expired == 1
