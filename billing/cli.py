@@ -15,6 +15,7 @@ PROCESSES = {
     "api-payments": "billing serve payments",
     "worker-subscriptions": "billing worker subscriptions --metrics-port 9101",
     "worker-payments": "billing worker payments --metrics-port 9102",
+    "scheduler": "billing scheduler",
 }
 
 
@@ -110,6 +111,16 @@ def cmd_worker(args) -> int:
     return 0
 
 
+def cmd_scheduler(args) -> int:
+    from billing.observability import configure_logging
+    from billing.scheduler import main as scheduler_main
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_json)
+    scheduler_main(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="Subscription and payment backend")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus /metrics on this port (default BILLING_WORKER_METRICS_PORT, else off)")
     worker.set_defaults(func=cmd_worker)
+
+    sub.add_parser("scheduler", help="run renewals, trial ends, dunning and cleanup on a timer (one leader at a time)"
+                   ).set_defaults(func=cmd_scheduler)
 
     from billing.streams.cli import register_commands
 

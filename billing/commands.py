@@ -105,3 +105,10 @@ class DeliverWebhook(Command):
     event_type: str
     payload: dict
     created_at: datetime | None = None   # when the event happened (the body's "created")
+
+
+# Action names on the payment-side streams.
+CHARGE_SUBSCRIPTION = "charge_subscription"   # payment_initiation, trial_payment: ChargeSubscription
+PAYMENT_OUTCOME = "payment_outcome"           # subscription_update: PaymentOutcome
+REFUND_PAYMENT = "refund_payment"             # refund_initiation: RefundPayment
+DELIVER_GATEWAY_WEBHOOK = "deliver"           # gateway_webhook: GatewayWebhook

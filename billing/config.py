@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     # Business policy.
     dunning_retry_days: tuple[int, ...] = (1, 3, 5)
     idempotency_key_ttl_hours: int = Field(24, ge=1)
+    pending_expiry_hours: int = Field(23, ge=1)      # an unpaid pending subscription expires (Stripe's incomplete)
+
+    # Scheduler: one leader ticks every interval; the lock outlives a few missed renewals.
+    scheduler_interval_seconds: float = Field(30.0, gt=0)
+    scheduler_lock_ttl_seconds: float = Field(120.0, gt=0)
+    scheduler_batch_size: int = Field(100, ge=1, le=10_000)
 
     # Stream policy defaults (DESIGN.md).
     stream_max_retries: int = 3
@@ -83,6 +89,10 @@ class Settings(BaseSettings):
     operator_token: SecretStr = SecretStr(DEV_OPERATOR_TOKEN)
     # A worker serves Prometheus /metrics on this port (None: off); `billing worker --metrics-port` overrides.
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+
+    # Where the mock gateway's signed payment webhooks go (POST /v1/webhooks/payment on 8001).
+    gateway_webhook_url: str = "http://127.0.0.1:8001/v1/webhooks/payment"
+    gateway_webhook_timeout_seconds: float = Field(10.0, gt=0)
 
     log_level: str = "INFO"
     log_json: bool = True

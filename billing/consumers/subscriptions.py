@@ -23,7 +23,7 @@ from billing.commands import ChargeSubscription, PaymentOutcome, RequestPlanChan
 from billing.consumers.deps import Deps
 from billing.money import CurrencyMismatch
 from billing.plans import Period, Plan
-from billing.sql import plans
+from billing.sql import invoices, plans
 from billing.sql import subscriptions as subs
 from billing.streams import Envelope, Router, claim_inbox
 from billing.subscriptions import (
@@ -142,6 +142,8 @@ async def apply_payment_outcome(conn: asyncpg.Connection, outcome: PaymentOutcom
                               plan_id=outcome.plan_id, pending_plan_id=None)
         else:  # e.g. a payment for a subscription that ended meanwhile: kept in the log (refund is manual)
             await note(conn, sub, "payment_unapplied", data, **kw)
+            return "applied"
+        await invoices.create_invoice_for_payment(conn, outcome, now=now)  # the paid period is on the row now
         return "applied"
 
     if status == S.PENDING:

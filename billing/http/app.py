@@ -8,7 +8,8 @@ from aiohttp import web
 
 from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
-from billing.http import auth, clock_api, health, ops, plans, subscriptions, usage, webhook_endpoints, webhooks
+from billing.http import (auth, clock_api, health, invoices, ops, payments, plans, subscriptions, usage,
+                          webhook_endpoints, webhooks)
 from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
@@ -20,8 +21,8 @@ Service = Literal["subscriptions", "payments"]
 # Which endpoint groups each front door serves.
 SERVICE_ROUTES = {
     "subscriptions": [health.routes, auth.routes, plans.routes, subscriptions.routes, webhooks.routes, usage.routes,
-                      webhook_endpoints.routes, clock_api.routes, ops.routes],
-    "payments": [health.routes, auth.routes, clock_api.routes],
+                      invoices.routes, webhook_endpoints.routes, clock_api.routes, ops.routes],
+    "payments": [health.routes, auth.routes, clock_api.routes, payments.routes],
 }
 
 
