@@ -24,9 +24,9 @@ def _settings() -> Settings:
 
 
 async def _migrate(settings: Settings) -> list[str]:
-    from billing.sql import connect, migrate
+    from billing.sql import connect_for, migrate
 
-    conn = await connect(settings.database_url, settings.database_schema)
+    conn = await connect_for(settings)
     try:
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {settings.database_schema}")
         applied = await migrate(conn)

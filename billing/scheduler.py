@@ -46,7 +46,7 @@ from billing.config import Settings
 from billing.consumers.deps import Deps
 from billing.consumers.subscriptions import apply_event, load_plan, note
 from billing.plans import BillingCycle, Period, Plan, add_cycle
-from billing.sql import create_pool, due, payment_methods
+from billing.sql import due, payment_methods, pool_for
 from billing.subscriptions import (
     DunningPolicy,
     PeriodEndAction,
@@ -311,7 +311,7 @@ class Scheduler:
 
 async def run_scheduler(settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
-    pool = await create_pool(settings.database_url, settings.database_schema, max_size=4)
+    pool = await pool_for(settings, max_size=4)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     clock = clock or clock_for(settings)
     await start_clock(clock, redis)  # development: the test clock every process shares through Redis

@@ -68,8 +68,8 @@ async def settings():
 
 @pytest.fixture
 async def pool(settings):
-    from billing.sql import create_pool
-    p = await create_pool(settings.database_url, settings.database_schema)
+    from billing.sql import pool_for
+    p = await pool_for(settings)
     yield p
     await p.close()
 

@@ -20,7 +20,7 @@ from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
 from billing.consumers.deps import Deps, retry_policy
 from billing.consumers.webhooks import http_session
-from billing.sql import create_pool
+from billing.sql import pool_for
 from billing.streams import Consumer, OutboxRelay, RetryPolicy, Router
 
 log = structlog.get_logger("billing.worker")
@@ -60,7 +60,7 @@ def consumer_name(service: str, index: int) -> str:
 async def run_worker(settings: Settings, service: str, *, index: int = 0, clock: Clock | None = None,
                      stop: asyncio.Event | None = None, concurrency: int = 16, metrics_port: int | None = None) -> None:
     stop = stop or asyncio.Event()
-    pool = await create_pool(settings.database_url, settings.database_schema, max_size=settings.database_pool_size)
+    pool = await pool_for(settings)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     clock = clock or clock_for(settings)
     await start_clock(clock, redis)  # development: the test clock every process shares through Redis

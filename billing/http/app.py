@@ -14,7 +14,7 @@ from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
 from billing.http.middleware import MIDDLEWARES
-from billing.sql import create_pool
+from billing.sql import pool_for
 
 Service = Literal["subscriptions", "payments"]
 
@@ -29,7 +29,7 @@ SERVICE_ROUTES = {
 async def _resources(app: web.Application):
     """The pool and the Redis client live exactly as long as the app."""
     settings = app[SETTINGS]
-    app[POOL] = await create_pool(settings.database_url, settings.database_schema, max_size=settings.database_pool_size)
+    app[POOL] = await pool_for(settings)
     app[REDIS] = aioredis.from_url(settings.redis_url, decode_responses=True)
     await start_clock(app[CLOCK], app[REDIS])  # the shared test clock (development) follows Redis
     yield

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from billing.commands import stream_key
 from billing.config import Settings
 from billing.plans import BillingCycle, FeatureLimit, Period
-from billing.sql import connect
+from billing.sql import connect_for
 from billing.sql import usage as usage_sql
 from billing.sql.subscriptions import ENTITLEMENTS_CHANNEL
 from billing.usage import subscription_usage_period
@@ -183,7 +183,7 @@ class Meter:
         The TTL stays as the safety net (e.g. while this connection is down). Returns the
         listening connection; the caller closes it.
         """
-        conn = await connect(self.settings.database_url, self.settings.database_schema)
+        conn = await connect_for(self.settings)
 
         def on_change(_conn, _pid, _channel, payload: str) -> None:
             try:

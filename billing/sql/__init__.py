@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 
 MIGRATIONS_LOCK = "billing.migrations"
+PREFIX_SETTING = "billing.redis_prefix"
 
 
 def _json_default(value: Any) -> Any:
@@ -28,21 +29,48 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(database_url: str, schema: str = "public", *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+def _server_settings(schema: str, redis_prefix: str | None) -> dict[str, str]:
+    # A connection knows its deployment: the schema (search_path) and the Redis key prefix, which
+    # code writing outbox rows reads with redis_prefix(conn) instead of threading it everywhere.
+    settings = {"search_path": schema, "timezone": "UTC"}
+    if redis_prefix:
+        settings[PREFIX_SETTING] = redis_prefix
+    return settings
+
+
+async def create_pool(database_url: str, schema: str = "public", *, redis_prefix: str | None = None,
+                      min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         database_url,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        server_settings={"search_path": schema, "timezone": "UTC"},
+        server_settings=_server_settings(schema, redis_prefix),
         command_timeout=30,
     )
 
 
-async def connect(database_url: str, schema: str = "public") -> asyncpg.Connection:
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema, "timezone": "UTC"})
+async def connect(database_url: str, schema: str = "public", *, redis_prefix: str | None = None) -> asyncpg.Connection:
+    conn = await asyncpg.connect(database_url, server_settings=_server_settings(schema, redis_prefix))
     await _init_connection(conn)
     return conn
+
+
+async def pool_for(settings, *, max_size: int | None = None) -> asyncpg.Pool:
+    """The pool of a deployment (billing.config.Settings): its schema and its Redis prefix."""
+    return await create_pool(settings.database_url, settings.database_schema, redis_prefix=settings.redis_prefix,
+                             max_size=max_size or settings.database_pool_size)
+
+
+async def connect_for(settings) -> asyncpg.Connection:
+    return await connect(settings.database_url, settings.database_schema, redis_prefix=settings.redis_prefix)
+
+
+async def redis_prefix(conn: asyncpg.Connection) -> str:
+    prefix = await conn.fetchval("SELECT current_setting($1, true)", PREFIX_SETTING)
+    if not prefix:
+        raise RuntimeError("this connection was not opened with pool_for/connect_for: no Redis prefix")
+    return prefix
 
 
 def migration_files() -> list[tuple[int, str, str]]:

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from billing.sql import redis_prefix, webhook_events
+
 LIVE_STATUSES = ("trial", "pending", "active", "past_due")
 
 _COLUMNS = """id, user_id, plan_id, status, current_period_start, current_period_end, trial_end,
@@ -76,6 +78,26 @@ async def update(conn: asyncpg.Connection, subscription_id: UUID, **changes: Any
 
 ENTITLEMENTS_CHANNEL = "billing_entitlements"
 
+# State changes customers hear about as outbound webhooks; other events are internal notes.
+WEBHOOK_EVENTS = {
+    "start_trial": "subscription.trial_started",
+    "create_paid": "subscription.created",
+    "payment_succeeded": "subscription.activated",
+    "trial_expired_converted": "subscription.activated",
+    "renew_succeeded": "subscription.renewed",
+    "renew_failed": "subscription.past_due",
+    "trial_payment_failed": "subscription.past_due",
+    "change_plan": "subscription.plan_changed",
+    "cancel_at_period_end": "subscription.cancel_scheduled",
+    "resume": "subscription.resumed",
+    "end_trial_for_payment": "subscription.trial_ended",
+    "cancel_now": "subscription.canceled",
+    "period_end_reached": "subscription.canceled",
+    "dunning_exhausted": "subscription.canceled",
+    "payment_window_expired": "subscription.expired",
+    "trial_expired_no_payment": "subscription.expired",
+}
+
 
 async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_type: str, from_status: str | None,
                        to_status: str | None, data: dict, correlation_id: str | None, *,
@@ -87,14 +109,24 @@ async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_ty
     """
     # Delivered by PostgreSQL only when the transaction commits: API processes drop the user's
     # cached usage entitlement then (billing.metering.Meter.listen), never before.
-    await conn.execute("SELECT pg_notify($1, user_id::text) FROM subscriptions WHERE id = $2",
-                       ENTITLEMENTS_CHANNEL, subscription_id)
-    return await conn.fetchrow(
+    sub = await conn.fetchrow(
+        """SELECT id, user_id, plan_id, status, current_period_start, current_period_end, trial_end,
+                  cancel_at_period_end, pg_notify($1, user_id::text)
+           FROM subscriptions WHERE id = $2""", ENTITLEMENTS_CHANNEL, subscription_id)
+    event = await conn.fetchrow(
         """INSERT INTO subscription_events (subscription_id, event_type, from_status, to_status, data,
                                             correlation_id, created_at)
            VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, clock_timestamp()))
            RETURNING id, subscription_id, event_type, from_status, to_status, data, correlation_id, created_at""",
         subscription_id, event_type, from_status, to_status, data, correlation_id, at)
+    public_type = WEBHOOK_EVENTS.get(event_type)
+    if public_type is not None and sub is not None:
+        # Customers hear of the change through their webhook endpoints, sent only if this commits.
+        snapshot = {k: sub[k] for k in sub.keys() if k != "pg_notify"}
+        await webhook_events.emit(conn, prefix=await redis_prefix(conn), user_id=sub["user_id"], event_type=public_type,
+                                  data={"subscription": snapshot, "from_status": from_status, **data},
+                                  occurred_at=event["created_at"], correlation_id=correlation_id)
+    return event
 
 
 async def list_events(conn: asyncpg.Connection, subscription_id: UUID) -> list[asyncpg.Record]:

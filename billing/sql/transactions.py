@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from billing.sql import redis_prefix, webhook_events
+
 _COLUMNS = ("id, user_id, subscription_id, kind, parent_id, amount, currency, refunded_amount, status, reason, "
             "card_brand, card_last4, gateway_reference, decline_code, error_message, idempotency_key, metadata, "
             "created_at, updated_at")
@@ -78,12 +80,26 @@ async def pending_refunds(conn: asyncpg.Connection, charge_id: UUID) -> Decimal:
         charge_id)
 
 
+# A finished transaction as the webhook event customers hear of (None: no event).
+_WEBHOOK_EVENTS = {("charge", "succeeded"): "payment.succeeded", ("charge", "failed"): "payment.failed",
+                   ("refund", "succeeded"): "payment.refunded"}
+_WEBHOOK_FIELDS = ("id", "subscription_id", "kind", "parent_id", "amount", "currency", "status", "reason",
+                   "card_brand", "card_last4", "decline_code", "created_at")
+
+
 async def finish(conn: asyncpg.Connection, transaction_id: UUID, *, status: str, gateway_reference: str | None,
                  decline_code: str | None = None, error_message: str | None = None) -> asyncpg.Record:
-    return await conn.fetchrow(
+    """Set a transaction's final status: the one place charges and refunds end, so the webhook goes out here."""
+    row = await conn.fetchrow(
         f"""UPDATE transactions SET status = $2, gateway_reference = $3, decline_code = $4, error_message = $5
             WHERE id = $1 RETURNING {_COLUMNS}""",
         transaction_id, status, gateway_reference, decline_code, error_message)
+    event_type = _WEBHOOK_EVENTS.get((row["kind"], row["status"]))
+    if event_type is not None:
+        await webhook_events.emit(conn, prefix=await redis_prefix(conn), user_id=row["user_id"], event_type=event_type,
+                                  data={"payment": {k: row[k] for k in _WEBHOOK_FIELDS}},
+                                  occurred_at=row["created_at"])
+    return row
 
 
 async def add_refunded(conn: asyncpg.Connection, charge_id: UUID, amount: Decimal, status: str) -> asyncpg.Record:

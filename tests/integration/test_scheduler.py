@@ -56,8 +56,8 @@ async def test_two_schedulers_ticking_at_once_charge_each_renewal_once(settings,
     subs = [await make_subscription(pool, **month()) for _ in range(30)]
     frozen.advance(timedelta(days=40))
     # Two independent processes: their own pools, same database (as if the lock had been lost).
-    from billing.sql import create_pool
-    other_pool = await create_pool(settings.database_url, settings.database_schema)
+    from billing.sql import pool_for
+    other_pool = await pool_for(settings)
     try:
         small = settings.model_copy(update={"scheduler_batch_size": 4})
         a = Deps(settings=small, pool=pool, redis=redis, clock=frozen)
