@@ -12,7 +12,7 @@ enforces the Idempotency-Key where asked, and turns the return value into the en
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
@@ -45,7 +45,8 @@ class Operation:
     auth: bool = True
     idempotent: bool = False
     errors: tuple[int, ...] = ()
-    extra: dict = field(default_factory=dict)
+    # Documented in OpenAPI but parsed by the handler itself (e.g. after checking a signature on the raw bytes).
+    raw_body: type[BaseModel] | None = None
 
 
 async def read_json(request: web.Request) -> Any:

@@ -68,12 +68,14 @@ def _operation(op: Operation, components: dict) -> dict:
                        "description": "Same key + same request replays the first response; a different request is 409."})
     if params:
         spec["parameters"] = params
-    if op.body is not None:
-        spec["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(op.body, "validation", components)}}}
+    body = op.body or op.raw_body
+    if body is not None:
+        spec["requestBody"] = {"required": True, "content": {"application/json": {"schema": _schema(body, "validation", components)}}}
     data = _schema(op.response, "serialization", components) if op.response is not None else {}
     responses = {str(op.status): {"description": "Success", "content": {"application/json": {"schema": _envelope(data)}}}}
     errors = set(op.errors) | ({401} if op.auth else set()) | ({422, 400} if op.body or op.query else set())
     errors |= {400, 409} if op.idempotent else set()
+    errors |= {400, 422} if op.raw_body else set()
     if params and any(p["in"] == "path" for p in params):
         errors.add(404)
     for status in sorted(errors):

@@ -57,7 +57,7 @@ def _signature_error(exc: SignatureError):
     return cls(f"invalid webhook signature: {exc}", {"reason": exc.reason.value}, code=f"signature_{exc.reason.value}")
 
 
-@routes.post("/v1/webhooks/payment", auth=False, body=None, response=WebhookResult, errors=(400, 401, 422),
+@routes.post("/v1/webhooks/payment", auth=False, raw_body=PaymentWebhook, response=WebhookResult, errors=(400, 401, 422),
              summary="Payment gateway notification (HMAC-SHA256 signed: X-Webhook-Signature, X-Webhook-Timestamp)")
 async def payment_webhook(request: web.Request):
     settings, now = request.app[SETTINGS], request.app[CLOCK].now()

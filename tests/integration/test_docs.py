@@ -15,3 +15,10 @@ async def test_swagger_ui_is_served_from_the_package(sub_client):
     assert resp.status == 200 and "swagger-ui-bundle.js" in await resp.text()
     resp = await sub_client.get("/docs/static/swagger-ui-bundle.js")
     assert resp.status == 200 and len(await resp.read()) > 100_000
+
+
+async def test_the_signed_webhook_documents_its_body(sub_client):
+    spec = await (await sub_client.get("/openapi.json")).json()
+    hook = spec["paths"]["/v1/webhooks/payment"]["post"]
+    assert hook["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PaymentWebhook"}
+    assert "security" not in hook and {"400", "401", "422"} <= set(hook["responses"])
