@@ -51,9 +51,17 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock or SystemClock())
     policy = retry_policy(settings)
+
+    async def dependencies_up() -> None:
+        # A handler failing while PostgreSQL or Redis is down is retried without using up an attempt.
+        async with pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+        await redis.ping()
+
     consumers = [
         Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
-                 router=router, policy=policy, concurrency=concurrency, maxlen=settings.stream_maxlen)
+                 router=router, policy=policy, concurrency=concurrency, maxlen=settings.stream_maxlen,
+                 dependencies_up=dependencies_up)
         for family, router in build_routers(service, deps).items()
     ]
     relay = OutboxRelay(pool, redis, maxlen=settings.stream_maxlen)
