@@ -114,6 +114,13 @@ class Consumer:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def _recreate_group(self) -> None:
+        try:
+            await self.ensure_group()
+        except Exception:
+            self.log.exception("recreating the consumer group failed")
+            await asyncio.sleep(1.0)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then finish in-flight handlers (up to shutdown_timeout).
 
@@ -173,6 +180,16 @@ class Consumer:
                     count=self.batch,
                     block=self.block_ms if last == ">" else None,
                 )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis lost its data (restarted without persistence): recreate the group and go on.
+                    self.log.warning("consumer group missing, recreating it")
+                    await self._recreate_group()
+                    last = "0"
+                else:
+                    self.log.exception("XREADGROUP failed")
+                    await asyncio.sleep(1.0)
+                continue
             except Exception:
                 self.log.exception("XREADGROUP failed")
                 await asyncio.sleep(1.0)
