@@ -14,6 +14,7 @@ from typing import Iterator
 def embedded_servers(data_dir: Path, *, need_postgres: bool, need_redis: bool) -> Iterator[dict[str, str]]:
     urls: dict[str, str] = {}
     postgres = redis = None
+    data_dir.mkdir(parents=True, exist_ok=True)
     try:
         if need_postgres:
             import pgserver

@@ -8,7 +8,7 @@ import pytest
 
 from billing import auth
 
-SECRET = "s" * 40
+SECRET = "s" * 64
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
