@@ -31,7 +31,9 @@ class SubscriptionEvent(StrEnum):
     START_TRIAL = "start_trial"
     CREATE_PAID = "create_paid"
     PAYMENT_SUCCEEDED = "payment_succeeded"  # an outstanding charge (first or dunning) got paid
-    PAYMENT_FAILED = "payment_failed"  # the first charge was definitively declined
+    PAYMENT_FAILED = "payment_failed"  # a first charge was declined; the customer may retry (Stripe's "incomplete")
+    PAYMENT_WINDOW_EXPIRED = "payment_window_expired"  # no first payment in time: give up
+    END_TRIAL_FOR_PAYMENT = "end_trial_for_payment"  # the trial user chose a paid plan: pay now
     TRIAL_EXPIRED_CONVERTED = "trial_expired_converted"
     TRIAL_EXPIRED_NO_PAYMENT = "trial_expired_no_payment"
     TRIAL_PAYMENT_FAILED = "trial_payment_failed"  # conversion charge declined -> dunning
@@ -55,7 +57,8 @@ TRANSITIONS: dict[tuple[Optional[SubscriptionStatus], SubscriptionEvent], Subscr
     (None, E.START_TRIAL): S.TRIAL,
     (None, E.CREATE_PAID): S.PENDING,
     (S.PENDING, E.PAYMENT_SUCCEEDED): S.ACTIVE,
-    (S.PENDING, E.PAYMENT_FAILED): S.EXPIRED,
+    (S.PENDING, E.PAYMENT_FAILED): S.PENDING,
+    (S.PENDING, E.PAYMENT_WINDOW_EXPIRED): S.EXPIRED,
     (S.PENDING, E.CANCEL_NOW): S.CANCELED,
     (S.TRIAL, E.TRIAL_EXPIRED_CONVERTED): S.ACTIVE,
     (S.TRIAL, E.TRIAL_EXPIRED_NO_PAYMENT): S.EXPIRED,
@@ -65,6 +68,7 @@ TRANSITIONS: dict[tuple[Optional[SubscriptionStatus], SubscriptionEvent], Subscr
     (S.TRIAL, E.RESUME): S.TRIAL,
     (S.TRIAL, E.PERIOD_END_REACHED): S.CANCELED,
     (S.TRIAL, E.CHANGE_PLAN): S.TRIAL,
+    (S.TRIAL, E.END_TRIAL_FOR_PAYMENT): S.PENDING,
     (S.ACTIVE, E.RENEW_SUCCEEDED): S.ACTIVE,
     (S.ACTIVE, E.RENEW_FAILED): S.PAST_DUE,
     (S.ACTIVE, E.CANCEL_NOW): S.CANCELED,

@@ -54,7 +54,8 @@ LEGAL = {
     (None, E.START_TRIAL): S.TRIAL,
     (None, E.CREATE_PAID): S.PENDING,
     (S.PENDING, E.PAYMENT_SUCCEEDED): S.ACTIVE,
-    (S.PENDING, E.PAYMENT_FAILED): S.EXPIRED,
+    (S.PENDING, E.PAYMENT_FAILED): S.PENDING,
+    (S.PENDING, E.PAYMENT_WINDOW_EXPIRED): S.EXPIRED,
     (S.PENDING, E.CANCEL_NOW): S.CANCELED,
     (S.TRIAL, E.TRIAL_EXPIRED_CONVERTED): S.ACTIVE,
     (S.TRIAL, E.TRIAL_EXPIRED_NO_PAYMENT): S.EXPIRED,
@@ -64,6 +65,7 @@ LEGAL = {
     (S.TRIAL, E.RESUME): S.TRIAL,
     (S.TRIAL, E.PERIOD_END_REACHED): S.CANCELED,
     (S.TRIAL, E.CHANGE_PLAN): S.TRIAL,
+    (S.TRIAL, E.END_TRIAL_FOR_PAYMENT): S.PENDING,
     (S.ACTIVE, E.RENEW_SUCCEEDED): S.ACTIVE,
     (S.ACTIVE, E.RENEW_FAILED): S.PAST_DUE,
     (S.ACTIVE, E.CANCEL_NOW): S.CANCELED,
@@ -370,3 +372,19 @@ def test_dunning_refuses_bad_input():
 def test_dunning_after_retry_failure():
     assert dunning_after_retry_failure(at(2025, 1, 2), 1) == (E.DUNNING_RETRY_FAILED, at(2025, 1, 5))
     assert dunning_after_retry_failure(at(2025, 1, 10), 3) == (E.DUNNING_EXHAUSTED, None)
+
+
+def test_a_declined_first_payment_leaves_the_customer_a_window_to_retry():
+    status = transition(transition(None, E.CREATE_PAID), E.PAYMENT_FAILED)
+    assert status == S.PENDING  # Stripe's "incomplete": another card may still pay
+    assert transition(status, E.PAYMENT_SUCCEEDED) == S.ACTIVE
+    assert transition(status, E.PAYMENT_WINDOW_EXPIRED) == S.EXPIRED
+
+
+def test_a_trial_user_choosing_a_paid_plan_ends_the_trial_and_owes_the_first_payment():
+    status = transition(transition(None, E.START_TRIAL), E.END_TRIAL_FOR_PAYMENT)
+    assert status == S.PENDING
+    assert transition(status, E.PAYMENT_SUCCEEDED) == S.ACTIVE
+    for other in (S.PENDING, S.ACTIVE, S.PAST_DUE, S.CANCELED, S.EXPIRED):
+        with pytest.raises(IllegalTransition):
+            transition(other, E.END_TRIAL_FOR_PAYMENT)
