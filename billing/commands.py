@@ -104,3 +104,10 @@ class DeliverWebhook(Command):
     endpoint_id: UUID
     event_type: str
     payload: dict
+
+
+# Action names on the payment-side streams.
+CHARGE_SUBSCRIPTION = "charge_subscription"   # payment_initiation, trial_payment: ChargeSubscription
+PAYMENT_OUTCOME = "payment_outcome"           # subscription_update: PaymentOutcome
+REFUND_PAYMENT = "refund_payment"             # refund_initiation: RefundPayment
+DELIVER_GATEWAY_WEBHOOK = "deliver"           # gateway_webhook: GatewayWebhook

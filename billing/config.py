@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     stream_lease: float = 120.0
     stream_maxlen: int = 100_000
 
+    # Where the mock gateway's signed payment webhooks go (POST /v1/webhooks/payment on 8001).
+    gateway_webhook_url: str = "http://127.0.0.1:8001/v1/webhooks/payment"
+    gateway_webhook_timeout_seconds: float = Field(10.0, gt=0)
+
     log_level: str = "INFO"
     log_json: bool = True
 

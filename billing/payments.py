@@ -10,6 +10,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import re
+import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -252,7 +253,27 @@ TEST_CARDS: dict[str, tuple[GatewayStatus, Optional[str], str]] = {
     "4000000000009995": (GatewayStatus.DECLINED, "insufficient_funds", "the card has insufficient funds"),
     "4000000000000069": (GatewayStatus.DECLINED, "expired_card", "the card has expired"),
     "4000000000000119": (GatewayStatus.TIMEOUT, None, "the gateway did not answer in time"),
+    # Attaches fine (tokenize succeeds), every charge is declined: lets dunning be tested.
+    "4000000000000341": (GatewayStatus.DECLINED, "card_declined", "the card was declined"),
 }
+
+# A token carries the card's test behaviour (never its number), like Stripe's pm_card_* tokens.
+_BEHAVIOURS: dict[str, tuple[GatewayStatus, Optional[str], str]] = {
+    "ok": (GatewayStatus.SUCCEEDED, None, "approved"),
+    "declined": TEST_CARDS["4000000000000002"],
+    "insufficient": TEST_CARDS["4000000000009995"],
+    "expired": TEST_CARDS["4000000000000069"],
+    "timeout": TEST_CARDS["4000000000000119"],
+    "chargefail": TEST_CARDS["4000000000000341"],
+}
+_CARD_BEHAVIOUR = {
+    "4000000000000002": "declined",
+    "4000000000009995": "insufficient",
+    "4000000000000069": "expired",
+    "4000000000000119": "timeout",
+    "4000000000000341": "chargefail",
+}
+_TOKEN = re.compile(r"^pm_(?P<brand>[a-z]+)_(?P<last4>[0-9]{4})_(?P<behaviour>[a-z]+)_(?P<nonce>[0-9a-f]{8,64})$")
 
 
 def _reference(prefix: str, *parts: str) -> str:
@@ -283,6 +304,37 @@ class MockGateway:
         except CardError as exc:
             return GatewayResult(GatewayStatus.DECLINED, reference, exc.code, str(exc))
         status, decline_code, message = TEST_CARDS.get(number, (GatewayStatus.SUCCEEDED, None, "approved"))
+        if status == GatewayStatus.TIMEOUT:
+            reference = None
+        return GatewayResult(status, reference, decline_code, message)
+
+    def tokenize(self, card: CardDetails, nonce: Optional[str] = None) -> str:
+        """A reusable token for a validated card (Stripe's SetupIntent): ``pm_<brand>_<last4>_<behaviour>_<nonce>``.
+
+        The token holds brand, last4 and the test behaviour only, so it is safe to store.
+        Pass ``nonce`` (hex) for a deterministic token.
+        """
+        number = card.number.get_secret_value()
+        nonce = nonce if nonce is not None else secrets.token_hex(8)
+        if not re.fullmatch(r"[0-9a-f]{8,64}", nonce):
+            raise ValueError("nonce must be 8-64 lowercase hex characters")
+        return f"pm_{card.brand.value}_{card.last4}_{_CARD_BEHAVIOUR.get(number, 'ok')}_{nonce}"
+
+    def charge_token(
+        self, token: str, amount: Money, now: datetime, idempotency_key: Optional[str] = None
+    ) -> GatewayResult:
+        """Charge a saved payment method. With a key, the reference depends on the key alone, as in ``charge``."""
+        now = require_utc(now, "now")
+        if not amount.is_positive():
+            raise ValueError("charge amount must be positive")
+        if idempotency_key is not None:
+            reference = _reference("mock_ch", "charge", idempotency_key)
+        else:
+            reference = _reference("mock_ch", token, str(amount), now.isoformat())
+        match = _TOKEN.match(token) if isinstance(token, str) else None
+        if match is None or match["behaviour"] not in _BEHAVIOURS:
+            return GatewayResult(GatewayStatus.DECLINED, reference, "invalid_payment_method", "unknown payment method token")
+        status, decline_code, message = _BEHAVIOURS[match["behaviour"]]
         if status == GatewayStatus.TIMEOUT:
             reference = None
         return GatewayResult(status, reference, decline_code, message)

@@ -25,7 +25,7 @@ log = structlog.get_logger("billing.worker")
 # Actor modules per service (dotted paths, so a module is imported only by the worker that runs it).
 SERVICES: dict[str, list[str]] = {
     "subscriptions": ["billing.consumers.subscriptions"],
-    "payments": [],
+    "payments": ["billing.consumers.payments", "billing.consumers.gateway_webhooks"],
 }
 
 

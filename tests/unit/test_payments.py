@@ -360,3 +360,59 @@ def test_status_after_refund():
     assert status_after_refund(usd("10"), usd("10")) == T.REFUNDED
     with pytest.raises(ValueError):
         status_after_refund(usd("10"), usd("11"))
+
+
+# -- tokens (saved payment methods) -----------------------------------------------------------
+
+
+def visa_card(number=VISA, cvv="123"):
+    return CardDetails.parse({"number": number, "exp_month": 12, "exp_year": 2030, "cvv": cvv}, NOW)
+
+
+def test_token_encodes_brand_last4_and_behaviour_but_never_the_number():
+    token = gateway.tokenize(visa_card(), nonce="00ff00ff")
+    assert token == "pm_visa_4242_ok_00ff00ff"
+    assert VISA not in token and "123" not in token.split("_")[2:]
+    amex = gateway.tokenize(CardDetails.parse({"number": "378282246310005", "exp_month": 1, "exp_year": 30, "cvv": "1234"}, NOW))
+    assert amex.startswith("pm_amex_0005_ok_")
+    assert gateway.tokenize(visa_card()) != gateway.tokenize(visa_card())  # random nonce by default
+    with pytest.raises(ValueError):
+        gateway.tokenize(visa_card(), nonce="not hex!")
+
+
+@pytest.mark.parametrize(
+    "number, status, decline_code",
+    [
+        (VISA, GatewayStatus.SUCCEEDED, None),
+        ("4000000000000002", GatewayStatus.DECLINED, "card_declined"),
+        ("4000000000009995", GatewayStatus.DECLINED, "insufficient_funds"),
+        ("4000000000000069", GatewayStatus.DECLINED, "expired_card"),
+        ("4000000000000119", GatewayStatus.TIMEOUT, None),
+        ("4000000000000341", GatewayStatus.DECLINED, "card_declined"),
+    ],
+)
+def test_charging_a_token_behaves_like_charging_its_card(number, status, decline_code):
+    token = gateway.tokenize(visa_card(number))
+    by_token = gateway.charge_token(token, usd("9.99"), NOW, idempotency_key="renewal-1")
+    by_card = gateway.charge(number, usd("9.99"), NOW, idempotency_key="renewal-1")
+    assert (by_token.status, by_token.gateway_reference, by_token.decline_code) == (
+        by_card.status, by_card.gateway_reference, by_card.decline_code)
+    assert (by_token.status, by_token.decline_code) == (status, decline_code)
+
+
+def test_card_0341_attaches_but_every_charge_is_declined():
+    token = gateway.tokenize(visa_card("4000000000000341"))
+    assert "_chargefail_" in token
+    for key in ("a", "b", "c"):
+        assert gateway.charge_token(token, usd("1"), NOW, idempotency_key=key).status == GatewayStatus.DECLINED
+
+
+def test_charge_token_same_key_same_reference_and_bad_tokens_decline():
+    token = gateway.tokenize(visa_card())
+    assert gateway.charge_token(token, usd("5"), NOW, "k") == gateway.charge_token(token, usd("5"), NOW.replace(hour=13), "k")
+    assert gateway.charge_token(token, usd("5"), NOW, "k").gateway_reference != gateway.charge_token(token, usd("5"), NOW, "j").gateway_reference
+    for bad in ("", "pm_visa_4242_unknown_00ff00ff", "tok_visa", "pm_visa_42_ok_00ff00ff"):
+        result = gateway.charge_token(bad, usd("5"), NOW, "k")
+        assert (result.status, result.decline_code) == (GatewayStatus.DECLINED, "invalid_payment_method")
+    with pytest.raises(ValueError):
+        gateway.charge_token(token, usd("0"), NOW)
