@@ -54,13 +54,16 @@ def decode_token(token: str, secret: str, *, now: datetime) -> UUID:
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM],
-            options={"require": ["exp", "iat", "sub"], "verify_exp": False},
+            options={"require": ["exp", "iat", "sub"], "verify_exp": False, "verify_iat": False},
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(str(exc)) from exc
-    # Expiry is checked against the injected clock, not the machine's, so the test clock applies.
+    # Expiry and issue time are checked against the injected clock, not the machine's, so the test
+    # clock applies (a token issued after clock.advance() has an iat in the machine's future).
     if claims["exp"] <= int(now.timestamp()):
         raise InvalidToken("token expired")
+    if not isinstance(claims["iat"], int) or claims["iat"] > int(now.timestamp()) + 60:
+        raise InvalidToken("token issued in the future")
     try:
         return UUID(claims["sub"])
     except (ValueError, TypeError) as exc:

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     gateway_webhook_url: str = "http://127.0.0.1:8001/v1/webhooks/payment"
     gateway_webhook_timeout_seconds: float = Field(10.0, gt=0)
 
+    # Usage metering.
+    usage_entitlement_cache_seconds: float = Field(5.0, ge=0)  # how long a user's plan limits are cached in-process
+    usage_event_dedup_hours: int = Field(24, ge=1)            # how long an event_id is remembered for retries
+    usage_retention_days: int = Field(400, ge=1)              # usage rows of periods ended longer ago are deleted
+    usage_batch_size: int = Field(500, ge=1)                  # usage_sync actor: messages per PostgreSQL transaction
+    usage_batch_wait_ms: int = Field(20, ge=0)                # ... or this long after the first one, whichever first
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -13,12 +13,26 @@ from typing import Optional
 
 from billing.plans import BillingCycle, FeatureLimit, Period, period_containing, validate_feature_name
 
-__all__ = ["UsageDecision", "check_usage", "usage_period", "validate_feature_name"]
+__all__ = ["UsageDecision", "check_usage", "subscription_usage_period", "usage_period", "validate_feature_name"]
 
 
 def usage_period(anchor: datetime, cycle: BillingCycle, now: datetime) -> Period:
     """(period_start, reset_at) of the usage window containing ``now``, on the billing anchor."""
     return period_containing(anchor, cycle, now)
+
+
+def subscription_usage_period(period_start: datetime, period_end: Optional[datetime], cycle: BillingCycle,
+                              now: datetime) -> Period:
+    """The usage window of a subscription whose row says its current period is [start, end).
+
+    Inside that period it is the window (a trial's window is the trial itself). If the clock has
+    already left it (the renewal job has not moved the row yet), the windows keep following the
+    same calendar: anchored on ``end`` once past it, on ``start`` otherwise.
+    """
+    if period_end is not None and period_start <= now < period_end:
+        return Period(period_start, period_end)
+    anchor = period_end if period_end is not None and now >= period_end else period_start
+    return usage_period(anchor, cycle, now)
 
 
 @dataclass(frozen=True)

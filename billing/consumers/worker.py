@@ -24,7 +24,7 @@ log = structlog.get_logger("billing.worker")
 
 # Actor modules per service (dotted paths, so a module is imported only by the worker that runs it).
 SERVICES: dict[str, list[str]] = {
-    "subscriptions": ["billing.consumers.subscriptions"],
+    "subscriptions": ["billing.consumers.subscriptions", "billing.consumers.usage"],
     "payments": ["billing.consumers.payments", "billing.consumers.gateway_webhooks"],
 }
 
@@ -60,7 +60,7 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
 
     consumers = [
         Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
-                 router=router, policy=policy, concurrency=concurrency, maxlen=settings.stream_maxlen,
+                 router=router, policy=policy, concurrency=router.concurrency or concurrency, maxlen=settings.stream_maxlen,
                  dependencies_up=dependencies_up)
         for family, router in build_routers(service, deps).items()
     ]

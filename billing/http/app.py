@@ -8,7 +8,7 @@ from aiohttp import web
 
 from billing.clock import Clock, SystemClock
 from billing.config import Settings
-from billing.http import auth, health, payments, plans, subscriptions, webhooks
+from billing.http import auth, health, payments, plans, subscriptions, usage, webhooks
 from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
@@ -19,7 +19,7 @@ Service = Literal["subscriptions", "payments"]
 
 # Which endpoint groups each front door serves.
 SERVICE_ROUTES = {
-    "subscriptions": [health.routes, auth.routes, plans.routes, subscriptions.routes, webhooks.routes],
+    "subscriptions": [health.routes, auth.routes, plans.routes, subscriptions.routes, webhooks.routes, usage.routes],
     "payments": [health.routes, auth.routes, payments.routes],
 }
 

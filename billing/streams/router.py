@@ -27,8 +27,11 @@ class Route:
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, *, concurrency: int | None = None) -> None:
+        """`concurrency`: messages in flight this router wants from its consumer (None: the worker's default);
+        a handler that batches its writes needs many at once."""
         self.routes: dict[str, Route] = {}
+        self.concurrency = concurrency
 
     def register(self, action: str, model: type[BaseModel], handler: Handler | None = None):
         """router.register("charge", Charge, fn), or as a decorator: @router.register("charge", Charge)."""

@@ -74,3 +74,20 @@ def test_bcrypt_hash_and_verify():
     assert auth.verify_password("s3cure-Passw0rd", h)
     assert not auth.verify_password("wrong-Passw0rd", h)
     assert not auth.verify_password("x", "not-a-hash")
+
+
+def test_token_issued_at_an_advanced_test_clock_is_valid_on_that_clock():
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from billing.auth import InvalidToken, create_token, decode_token
+    later = datetime.now(UTC) + timedelta(days=40)  # the test clock moved forward
+    user = uuid4()
+    token = create_token(user, "s" * 40, now=later, expires_in=timedelta(hours=1))
+    assert decode_token(token, "s" * 40, now=later) == user
+    try:
+        decode_token(token, "s" * 40, now=later - timedelta(days=1))  # issued in the verifier's future
+    except InvalidToken:
+        pass
+    else:
+        raise AssertionError("a token from the future must be refused")

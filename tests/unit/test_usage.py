@@ -87,3 +87,19 @@ def test_feature_names_are_validated_here_too():
     assert validate_feature_name("api_calls") == "api_calls"
     with pytest.raises(ValueError):
         validate_feature_name("API-Calls")
+
+
+def test_subscription_usage_period_is_the_rows_period_while_inside_it():
+    from billing.usage import subscription_usage_period
+    # A 14-day trial on a monthly plan: the window is the trial, not a month.
+    start, end = at(2024, 1, 10), at(2024, 1, 24)
+    assert subscription_usage_period(start, end, BillingCycle.MONTHLY, at(2024, 1, 20)) == Period(start, end)
+
+
+def test_subscription_usage_period_follows_the_calendar_once_the_row_lags():
+    from billing.usage import subscription_usage_period
+    start, end = at(2024, 1, 31), at(2024, 2, 29)
+    # Past the end (renewal not applied yet): anchored on the end.
+    assert subscription_usage_period(start, end, BillingCycle.MONTHLY, at(2024, 3, 5)) == Period(at(2024, 2, 29), at(2024, 3, 29))
+    # No end known: anchored on the start.
+    assert subscription_usage_period(start, None, BillingCycle.MONTHLY, at(2024, 3, 5)) == Period(at(2024, 2, 29), at(2024, 3, 31))
