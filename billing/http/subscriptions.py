@@ -5,7 +5,7 @@ plan (validated here, carried out by the plan_change actor), cancel now or at pe
 """
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -38,6 +38,8 @@ from billing.subscriptions import (
 )
 
 routes = Routes("subscriptions")
+
+PLAN_CHANGE_WINDOW = timedelta(minutes=15)  # a charge normally settles in seconds
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -310,6 +312,10 @@ async def change_plan(request: web.Request, body: PlanChoice):
                                        amount=None, currency=out.currency), "Plan changed", 200)
 
         # Active: record the request and hand it to the plan_change actor in the same transaction.
+        # One change at a time (the row lock orders concurrent requests): a second upgrade before
+        # the first is paid would charge twice. A request stuck longer than the window is let go.
+        if await subs.plan_change_in_flight(conn, sub["id"], now - PLAN_CHANGE_WINDOW):
+            raise Conflict("a plan change is already in progress", code="plan_change_in_progress")
         await note(conn, sub, "plan_change_requested", detail, now=now, correlation_id=correlation)
         command = RequestPlanChange(subscription_id=sub["id"], user_id=sub["user_id"], new_plan_id=new_row["id"],
                                     requested_at=now)

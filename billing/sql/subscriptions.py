@@ -94,3 +94,19 @@ async def list_events(conn: asyncpg.Connection, subscription_id: UUID) -> list[a
     return await conn.fetch(
         """SELECT id, subscription_id, event_type, from_status, to_status, data, correlation_id, created_at
            FROM subscription_events WHERE subscription_id = $1 ORDER BY seq""", subscription_id)
+
+
+# Plan-change events: a request, then what became of it.
+_PLAN_CHANGE_OPEN = ("plan_change_requested", "upgrade_payment_requested")
+_PLAN_CHANGE_EVENTS = _PLAN_CHANGE_OPEN + (
+    "plan_change_scheduled", "plan_change_rejected", "change_plan", "upgrade_payment_failed")
+
+
+async def plan_change_in_flight(conn: asyncpg.Connection, subscription_id: UUID, since: datetime) -> bool:
+    """True when the latest plan-change event since `since` is a request not yet resolved
+    (a second upgrade now would charge twice)."""
+    latest = await conn.fetchval(
+        """SELECT event_type FROM subscription_events
+           WHERE subscription_id = $1 AND event_type = any($2::text[]) AND created_at >= $3
+           ORDER BY seq DESC LIMIT 1""", subscription_id, list(_PLAN_CHANGE_EVENTS), since)
+    return latest in _PLAN_CHANGE_OPEN

@@ -245,3 +245,21 @@ async def test_openapi_lists_the_subscription_endpoints(sub_client):
     assert {"/v1/subscriptions/", "/v1/subscriptions/trial", "/v1/subscriptions/{id}", "/v1/subscriptions/me",
             "/v1/subscriptions/{id}/events", "/v1/subscriptions/{id}/resume", "/v1/webhooks/payment"} <= set(spec["paths"])
     assert "SubscriptionOut" in json.dumps(spec["paths"]["/v1/subscriptions/{id}"]["get"])
+
+
+async def test_one_plan_change_at_a_time(sub_client, pool, clock):
+    user = await register(sub_client)
+    sub = await subscribe(sub_client, user, "basic")
+    await activate(pool, sub["id"], clock.now())
+    path = f"/v1/subscriptions/{sub['id']}"
+    results = await asyncio.gather(*(call(sub_client, "PUT", path, user, json={"plan_id": "pro"}) for _ in range(3)))
+    assert sorted(s for s, _ in results) == [202, 409, 409]
+    assert {b["code"] for s, b in results if s == 409} == {"plan_change_in_progress"}
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1
+    # the worker's answer closes the request (here: the upgrade payment failed)
+    await pool.execute("INSERT INTO subscription_events (subscription_id, event_type, created_at) VALUES ($1, "
+                       "'upgrade_payment_failed', $2)", uuid.UUID(sub["id"]), clock.now())
+    assert (await call(sub_client, "PUT", path, user, json={"plan_id": "pro"}))[0] == 202
+    # a request nobody answered is let go after the window
+    clock.advance(timedelta(minutes=16))
+    assert (await call(sub_client, "PUT", path, user, json={"plan_id": "pro"}))[0] == 202

@@ -91,3 +91,22 @@ def test_token_issued_at_an_advanced_test_clock_is_valid_on_that_clock():
         pass
     else:
         raise AssertionError("a token from the future must be refused")
+
+
+def test_a_verified_token_is_cached_but_still_expires_and_forgeries_never_pass():
+    from datetime import UTC, datetime, timedelta
+    from uuid import uuid4
+
+    from billing.auth import InvalidToken, create_token, decode_token
+    now, user = datetime.now(UTC), uuid4()
+    token = create_token(user, "k" * 40, now=now, expires_in=timedelta(minutes=5))
+    assert decode_token(token, "k" * 40, now=now) == user
+    assert decode_token(token, "k" * 40, now=now) == user  # from the cache
+    for bad in (lambda: decode_token(token, "k" * 40, now=now + timedelta(minutes=6)),  # expired, even cached
+                lambda: decode_token(token, "other" * 8, now=now),                      # another secret
+                lambda: decode_token(token[:-2] + "xx", "k" * 40, now=now)):             # tampered signature
+        try:
+            bad()
+        except InvalidToken:
+            continue
+        raise AssertionError("must be refused")
