@@ -90,7 +90,7 @@ class RefundRequest(BaseModel):
 
 
 class HistoryQuery(BaseModel):
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=1_000_000)  # bounded: page * page_size must fit a PostgreSQL bigint offset
     page_size: int = Field(20, ge=1, le=100)
 
 
