@@ -13,8 +13,8 @@ from billing.config import Settings
 PROCESSES = {
     "api-subscriptions": "billing serve subscriptions",
     "api-payments": "billing serve payments",
-    "worker-subscriptions": "billing worker subscriptions",
-    "worker-payments": "billing worker payments",
+    "worker-subscriptions": "billing worker subscriptions --metrics-port 9101",
+    "worker-payments": "billing worker payments --metrics-port 9102",
 }
 
 
@@ -106,7 +106,7 @@ def cmd_worker(args) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
-    worker_main(settings, args.service, args.index)
+    worker_main(settings, args.service, args.index, args.metrics_port)
     return 0
 
 
@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("service", choices=["subscriptions", "payments"])
     worker.add_argument("--index", type=int, default=int(os.environ.get("BILLING_WORKER_INDEX", "0")),
                         help="distinguishes several workers of one service on one host")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics on this port (default BILLING_WORKER_METRICS_PORT, else off)")
     worker.set_defaults(func=cmd_worker)
 
     from billing.streams.cli import register_commands

@@ -104,6 +104,7 @@ class DeliverWebhook(Command):
     endpoint_id: UUID
     event_type: str
     payload: dict
+    created_at: datetime | None = None   # when the event happened (the body's "created")
 
 
 # Action names on the payment-side streams.

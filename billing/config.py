@@ -16,7 +16,8 @@ Environment = Literal["development", "staging", "production"]
 # Shipped so `billing up` works out of the box; production refuses them.
 DEV_JWT_SECRET = "dev-only-jwt-secret-change-me-0123456789abcdef"
 DEV_WEBHOOK_SECRET = "dev-only-webhook-secret-change-me-0123456789"
-DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET}
+DEV_OPERATOR_TOKEN = "dev-only-operator-token-change-me-0123456789"
+DEV_SECRETS = {DEV_JWT_SECRET, DEV_WEBHOOK_SECRET, DEV_OPERATOR_TOKEN}
 
 
 class Settings(BaseSettings):
@@ -74,6 +75,19 @@ class Settings(BaseSettings):
     usage_batch_size: int = Field(500, ge=1)                  # usage_sync actor: messages per PostgreSQL transaction
     usage_batch_wait_ms: int = Field(20, ge=0)                # ... or this long after the first one, whichever first
 
+    # Outbound webhooks to user endpoints: their own retry policy (more, later retries than commands).
+    webhook_max_retries: int = Field(6, ge=0, le=20)     # 7 attempts: ~0.5, 1, 2, 4, 8, 16 minutes apart
+    webhook_base_delay: float = Field(30.0, ge=0)
+    webhook_max_delay: float = Field(3600.0, ge=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    # Private/loopback webhook URLs (SSRF) are refused outside development unless this is set.
+    webhook_allow_private_urls: bool = False
+
+    # The operator page /ops (streams, dead letters, replay): header X-Operator-Token or ?token=.
+    operator_token: SecretStr = SecretStr(DEV_OPERATOR_TOKEN)
+    # A worker serves Prometheus /metrics on this port (None: off); `billing worker --metrics-port` overrides.
+    worker_metrics_port: int | None = Field(None, ge=1, le=65535)
+
     log_level: str = "INFO"
     log_json: bool = True
 
@@ -85,7 +99,7 @@ class Settings(BaseSettings):
     def _secrets_fit_environment(self) -> "Settings":
         if self.environment == "development":
             return self
-        for name in ("jwt_secret", "webhook_secret"):
+        for name in ("jwt_secret", "webhook_secret", "operator_token"):
             value = getattr(self, name).get_secret_value()
             if value in DEV_SECRETS:
                 raise ValueError(f"{name}: the development secret is refused in {self.environment}")
@@ -94,6 +108,10 @@ class Settings(BaseSettings):
         if self.database_url is None or self.redis_url is None:
             raise ValueError(f"DATABASE_URL and REDIS_URL are required in {self.environment}")
         return self
+
+    @property
+    def webhook_private_urls_allowed(self) -> bool:
+        return self.environment == "development" or self.webhook_allow_private_urls
 
     def key(self, *parts: str) -> str:
         """A Redis key under this deployment's prefix (tests get their own prefix)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -20,6 +21,7 @@ class Deps:
     pool: asyncpg.Pool
     redis: aioredis.Redis
     clock: Clock
+    http: aiohttp.ClientSession | None = None  # one outgoing HTTP session per worker (webhook delivery)
 
     def stream(self, family: str) -> str:
         return stream_key(self.settings.redis_prefix, family)

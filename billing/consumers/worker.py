@@ -13,19 +13,22 @@ from contextlib import suppress
 
 import redis.asyncio as aioredis
 import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from billing.clock import Clock, SystemClock
+from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
 from billing.consumers.deps import Deps, retry_policy
+from billing.consumers.webhooks import http_session
 from billing.sql import create_pool
-from billing.streams import Consumer, OutboxRelay, Router
+from billing.streams import Consumer, OutboxRelay, RetryPolicy, Router
 
 log = structlog.get_logger("billing.worker")
 
 # Actor modules per service (dotted paths, so a module is imported only by the worker that runs it).
 SERVICES: dict[str, list[str]] = {
     "subscriptions": ["billing.consumers.subscriptions", "billing.consumers.usage"],
-    "payments": ["billing.consumers.payments", "billing.consumers.gateway_webhooks"],
+    "payments": ["billing.consumers.payments", "billing.consumers.gateway_webhooks", "billing.consumers.webhooks"],
 }
 
 
@@ -39,18 +42,30 @@ def build_routers(service: str, deps: Deps) -> dict[str, Router]:
     return routers
 
 
+def build_policies(service: str, settings: Settings) -> dict[str, RetryPolicy]:
+    """Per-family retry policies of modules that define `build_policies(settings)` (others use the default)."""
+    policies: dict[str, RetryPolicy] = {}
+    for path in SERVICES[service]:
+        module = importlib.import_module(path)
+        if hasattr(module, "build_policies"):
+            policies.update(module.build_policies(settings))
+    return policies
+
+
 def consumer_name(service: str, index: int) -> str:
     # Stable across restarts, so a restarted worker rereads its own pending entries first.
     return f"{socket.gethostname()}-{service}-{index}"
 
 
 async def run_worker(settings: Settings, service: str, *, index: int = 0, clock: Clock | None = None,
-                     stop: asyncio.Event | None = None, concurrency: int = 16) -> None:
+                     stop: asyncio.Event | None = None, concurrency: int = 16, metrics_port: int | None = None) -> None:
     stop = stop or asyncio.Event()
     pool = await create_pool(settings.database_url, settings.database_schema, max_size=settings.database_pool_size)
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
-    deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock or SystemClock())
-    policy = retry_policy(settings)
+    clock = clock or clock_for(settings)
+    await start_clock(clock, redis)  # development: the test clock every process shares through Redis
+    deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock, http=http_session(settings))
+    policy, policies = retry_policy(settings), build_policies(service, settings)
 
     async def dependencies_up() -> None:
         # A handler failing while PostgreSQL or Redis is down is retried without using up an attempt.
@@ -60,27 +75,49 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
 
     consumers = [
         Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
-                 router=router, policy=policy, concurrency=router.concurrency or concurrency, maxlen=settings.stream_maxlen,
-                 dependencies_up=dependencies_up)
+                 router=router, policy=policies.get(family, policy), concurrency=router.concurrency or concurrency,
+                 maxlen=settings.stream_maxlen, dependencies_up=dependencies_up)
         for family, router in build_routers(service, deps).items()
     ]
+    metrics = await serve_metrics(settings.host, metrics_port or settings.worker_metrics_port)
     relay = OutboxRelay(pool, redis, maxlen=settings.stream_maxlen)
     log.info("worker started", service=service, streams=[c.stream for c in consumers])
     try:
         await asyncio.gather(relay.run(stop), *(c.run(stop) for c in consumers))
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
+        await deps.http.close()
+        await stop_clock(clock)
         await redis.aclose()
         await pool.close()
         log.info("worker stopped", service=service)
 
 
-def main(settings: Settings, service: str, index: int = 0) -> None:
+async def serve_metrics(host: str, port: int | None) -> web.AppRunner | None:
+    """Prometheus /metrics of this worker (stream counters, handler latency, pending/lag gauges)."""
+    if not port:
+        return None
+    app = web.Application()
+    app.router.add_get("/metrics", _metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("worker metrics", url=f"http://{host}:{port}/metrics")
+    return runner
+
+
+async def _metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def main(settings: Settings, service: str, index: int = 0, metrics_port: int | None = None) -> None:
     async def _main():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, service, index=index, stop=stop)
+        await run_worker(settings, service, index=index, stop=stop, metrics_port=metrics_port)
 
     asyncio.run(_main())

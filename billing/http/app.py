@@ -6,9 +6,9 @@ from typing import Literal
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from billing.clock import Clock, SystemClock
+from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
-from billing.http import auth, health, payments, plans, subscriptions, usage, webhooks
+from billing.http import auth, clock_api, health, ops, payments, plans, subscriptions, usage, webhook_endpoints, webhooks
 from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
@@ -19,8 +19,9 @@ Service = Literal["subscriptions", "payments"]
 
 # Which endpoint groups each front door serves.
 SERVICE_ROUTES = {
-    "subscriptions": [health.routes, auth.routes, plans.routes, subscriptions.routes, webhooks.routes, usage.routes],
-    "payments": [health.routes, auth.routes, payments.routes],
+    "subscriptions": [health.routes, auth.routes, plans.routes, subscriptions.routes, webhooks.routes, usage.routes,
+                      webhook_endpoints.routes, clock_api.routes, ops.routes],
+    "payments": [health.routes, auth.routes, payments.routes, clock_api.routes],
 }
 
 
@@ -29,7 +30,9 @@ async def _resources(app: web.Application):
     settings = app[SETTINGS]
     app[POOL] = await create_pool(settings.database_url, settings.database_schema, max_size=settings.database_pool_size)
     app[REDIS] = aioredis.from_url(settings.redis_url, decode_responses=True)
+    await start_clock(app[CLOCK], app[REDIS])  # the shared test clock (development) follows Redis
     yield
+    await stop_clock(app[CLOCK])
     await app[REDIS].aclose()
     await app[POOL].close()
 
@@ -47,7 +50,7 @@ def create_app(settings: Settings, service: Service, *, clock: Clock | None = No
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     app[SERVICE] = service
-    app[CLOCK] = clock or SystemClock()
+    app[CLOCK] = clock or clock_for(settings)
     app[OPERATIONS] = []
     app.cleanup_ctx.append(_resources)
     setup_routes(app, service)

@@ -38,7 +38,9 @@ class UsageRoutes(Routes):
 
         async def meter(app: web.Application):
             app[METER] = Meter(app[SETTINGS], app[POOL], app[REDIS])
+            listener = await app[METER].listen()
             yield
+            await listener.close()
 
         app.cleanup_ctx.append(meter)
 

@@ -26,7 +26,9 @@ import redis.asyncio as aioredis
 from billing.commands import stream_key
 from billing.config import Settings
 from billing.plans import BillingCycle, FeatureLimit, Period
+from billing.sql import connect
 from billing.sql import usage as usage_sql
+from billing.sql.subscriptions import ENTITLEMENTS_CHANNEL
 from billing.usage import subscription_usage_period
 
 ACTION = "usage_recorded"
@@ -174,6 +176,23 @@ class Meter:
         if found is None:
             raise NoActiveSubscription(str(user_id))
         return found
+
+    async def listen(self) -> asyncpg.Connection:
+        """Drop a user's cached entitlement as soon as a change to their subscription commits.
+
+        The TTL stays as the safety net (e.g. while this connection is down). Returns the
+        listening connection; the caller closes it.
+        """
+        conn = await connect(self.settings.database_url, self.settings.database_schema)
+
+        def on_change(_conn, _pid, _channel, payload: str) -> None:
+            try:
+                self.invalidate(UUID(payload))
+            except ValueError:
+                pass
+
+        await conn.add_listener(ENTITLEMENTS_CHANNEL, on_change)
+        return conn
 
     def invalidate(self, user_id: UUID | None = None) -> None:
         if user_id is None:

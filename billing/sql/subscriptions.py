@@ -74,6 +74,9 @@ async def update(conn: asyncpg.Connection, subscription_id: UUID, **changes: Any
         subscription_id, *(changes[n] for n in names))
 
 
+ENTITLEMENTS_CHANNEL = "billing_entitlements"
+
+
 async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_type: str, from_status: str | None,
                        to_status: str | None, data: dict, correlation_id: str | None, *,
                        at: datetime | None = None) -> asyncpg.Record:
@@ -82,6 +85,10 @@ async def record_event(conn: asyncpg.Connection, subscription_id: UUID, event_ty
 
     `at` is the injected clock's time when the caller has one (a test clock moves it).
     """
+    # Delivered by PostgreSQL only when the transaction commits: API processes drop the user's
+    # cached usage entitlement then (billing.metering.Meter.listen), never before.
+    await conn.execute("SELECT pg_notify($1, user_id::text) FROM subscriptions WHERE id = $2",
+                       ENTITLEMENTS_CHANNEL, subscription_id)
     return await conn.fetchrow(
         """INSERT INTO subscription_events (subscription_id, event_type, from_status, to_status, data,
                                             correlation_id, created_at)

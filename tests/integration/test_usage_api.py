@@ -208,3 +208,20 @@ async def test_missing_body_and_missing_token(sub_client, basic_user):
     assert resp.status == 400
     resp = await sub_client.post("/v1/usage/use", json={"feature_name": "api_calls"})
     assert resp.status == 401
+
+
+async def test_a_committed_plan_change_reaches_the_cached_limits_at_once(sub_client, basic_user, pool):
+    from billing.sql.subscriptions import record_event
+
+    status, body, _ = await use(sub_client, basic_user["headers"], "projects", 1)
+    assert status == 200 and body["data"]["limit"] == 3  # Basic, now cached
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE subscriptions SET plan_id = (SELECT id FROM plans WHERE slug = 'pro') WHERE id = $1",
+                           basic_user["subscription_id"])
+        await record_event(conn, basic_user["subscription_id"], "change_plan", "active", "active", {}, None)
+    for _ in range(50):  # the NOTIFY arrives within milliseconds of the commit, far inside the cache TTL
+        status, body, _ = await use(sub_client, basic_user["headers"], "projects", 1)
+        if body["data"]["limit"] is None:
+            break
+        await asyncio.sleep(0.02)
+    assert status == 200 and body["data"]["limit"] is None  # Pro: unlimited projects

@@ -110,3 +110,14 @@ def test_a_verified_token_is_cached_but_still_expires_and_forgeries_never_pass()
         except InvalidToken:
             continue
         raise AssertionError("must be refused")
+
+
+def test_issue_time_is_judged_by_the_injected_clock_not_the_machine():
+    # A token issued after the test clock moved a year ahead is valid at that (clock) time...
+    later = datetime.now(UTC) + timedelta(days=365)
+    uid = uuid4()
+    token = auth.create_token(uid, SECRET, now=later, expires_in=timedelta(minutes=5))
+    assert auth.decode_token(token, SECRET, now=later) == uid
+    # ...but not for a clock that has not reached its issue time.
+    with pytest.raises(auth.InvalidToken, match="future"):
+        auth.decode_token(token, SECRET, now=later - timedelta(minutes=1))

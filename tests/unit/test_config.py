@@ -22,15 +22,22 @@ def test_non_development_refuses_development_secrets(environment):
 
 @pytest.mark.parametrize("environment", ["staging", "production"])
 def test_non_development_accepts_real_secrets_and_disables_test_clock(environment):
-    s = Settings(_env_file=None, environment=environment, jwt_secret=STRONG, webhook_secret=STRONG + "y", **URLS)
+    s = Settings(_env_file=None, environment=environment, jwt_secret=STRONG, webhook_secret=STRONG + "y",
+                 operator_token=STRONG + "z", **URLS)
     assert not s.test_clock_enabled
+
+
+def test_production_refuses_the_development_operator_token():
+    with pytest.raises(ValidationError, match="operator_token: the development secret"):
+        Settings(_env_file=None, environment="production", jwt_secret=STRONG, webhook_secret=STRONG, **URLS)
 
 
 def test_production_refuses_short_secrets_and_missing_urls():
     with pytest.raises(ValidationError, match="at least 32"):
-        Settings(_env_file=None, environment="production", jwt_secret="short", webhook_secret=STRONG, **URLS)
+        Settings(_env_file=None, environment="production", jwt_secret="short", webhook_secret=STRONG,
+                 operator_token=STRONG, **URLS)
     with pytest.raises(ValidationError, match="required"):
-        Settings(_env_file=None, environment="production", jwt_secret=STRONG, webhook_secret=STRONG)
+        Settings(_env_file=None, environment="production", jwt_secret=STRONG, webhook_secret=STRONG, operator_token=STRONG)
 
 
 def test_environment_variables_are_read(monkeypatch):
