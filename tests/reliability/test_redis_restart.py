@@ -1,4 +1,5 @@
-"""A private Redis is restarted and loses every key (--save ""): APIs and consumers reconnect.
+"""A private Redis is restarted and loses every key (--save ""): APIs and consumers reconnect,
+usage counters are rebuilt from PostgreSQL.
 
 The shared Redis is never touched: the processes (and the in-process consumer below) use a
 redis-server of this test's own.
@@ -8,10 +9,13 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import asyncpg
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from billing.streams import Consumer, Publisher, RetryPolicy, Router
+from tests.api import Api
+from tests.conftest import PG_URL
 from tests.harness import Stack, wait_until
 
 
@@ -26,6 +30,20 @@ async def _status(http: aiohttp.ClientSession, url: str) -> int:
 async def test_apis_reconnect_after_redis_restart(private_redis):
     async with Stack(redis_url=private_redis.url) as stack, aiohttp.ClientSession() as http:
         await stack.start_all()
+        api = Api(http, stack.url("subscriptions"), stack.url("payments"))
+        # A paying customer with usage that the usage_sync worker has written to PostgreSQL.
+        user = await api.register()
+        await api.pay(user, await api.subscribe(user))
+        await wait_until(lambda: _status_is(api, user, "active"), timeout=20, message="subscription active")
+        for delta in (5, 7, 11):
+            await api.call("POST", f"{api.sub_url}/v1/usage/use", user=user,
+                           json={"feature_name": "api_calls", "delta": delta}, expect=200)
+        db = await asyncpg.connect(PG_URL, server_settings={"search_path": stack.settings.database_schema})
+        try:
+            await wait_until(lambda: _pg_usage_is(db, 23), timeout=20, message="usage 23 in PostgreSQL")
+        finally:
+            await db.close()
+
         private_redis.stop()
         for service in ("subscriptions", "payments"):
             async with http.get(f"{stack.url(service)}/v1/health/detailed") as resp:
@@ -42,8 +60,26 @@ async def test_apis_reconnect_after_redis_restart(private_redis):
         async with http.post(f"{stack.url('payments')}/v1/auth/login",
                              json={"email": "after-restart@example.com", "password": "s3cure-Passw0rd"}) as resp:
             assert resp.status == 200, await resp.json()
+        # The counters were lost with Redis and are rebuilt from PostgreSQL.
+        _, usage = await api.call("GET", f"{api.sub_url}/v1/usage/me", user=user, expect=200)
+        assert {f["feature_name"]: f["current_usage"] for f in usage["data"]["features"]}["api_calls"] == 23
+        _, used = await api.call("POST", f"{api.sub_url}/v1/usage/use", user=user,
+                                 json={"feature_name": "api_calls", "delta": 1}, expect=200)
+        assert used["data"]["current_usage"] == 24
+        # New commands flow: a payment after the restart reaches the subscriptions worker (its group is recreated).
+        late = await api.register()
+        await api.pay(late, await api.subscribe(late))
+        await wait_until(lambda: _status_is(api, late, "active"), timeout=20, message="payment after restart applied")
         for name, proc in stack.procs.items():
             assert proc.alive, f"{name} died when Redis restarted:\n{stack.log(name)[-2000:]}"
+
+
+async def _status_is(api: Api, user, status: str) -> bool:
+    return (await api.my_subscription(user))["status"] == status
+
+
+async def _pg_usage_is(db: asyncpg.Connection, expected: int) -> bool:
+    return await db.fetchval("SELECT coalesce(sum(used), 0) FROM usage") == expected
 
 
 async def _is_200(http, url):
