@@ -66,10 +66,17 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
     await start_clock(clock, redis)  # development: the test clock every process shares through Redis
     deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock, http=http_session(settings))
     policy, policies = retry_policy(settings), build_policies(service, settings)
+
+    async def dependencies_up() -> None:
+        # A handler failing while PostgreSQL or Redis is down is retried without using up an attempt.
+        async with pool.acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+        await redis.ping()
+
     consumers = [
         Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
                  router=router, policy=policies.get(family, policy), concurrency=router.concurrency or concurrency,
-                 maxlen=settings.stream_maxlen)
+                 maxlen=settings.stream_maxlen, dependencies_up=dependencies_up)
         for family, router in build_routers(service, deps).items()
     ]
     metrics = await serve_metrics(settings.host, metrics_port or settings.worker_metrics_port)

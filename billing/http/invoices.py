@@ -6,9 +6,10 @@ from decimal import Decimal
 from uuid import UUID
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from billing.http.api import Routes
+from billing.http.pagination import Page, PageQuery
 from billing.http.context import POOL, path_uuid, user_id
 from billing.http.errors import NotFound
 from billing.sql import invoices
@@ -47,30 +48,17 @@ class InvoiceDetail(InvoiceOut):
     lines: list[InvoiceLineOut]
 
 
-class InvoicePage(BaseModel):           # the same page shape as GET /v1/payments/history
-    items: list[InvoiceOut]
-    total: int
-    page: int
-    page_size: int
-
-
-class PageQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    page: int = Field(1, ge=1)
-    page_size: int = Field(20, ge=1, le=100)
-
-
 def invoice_out(row) -> InvoiceOut:
     values = {k: row[k] for k in InvoiceOut.model_fields}
     return InvoiceOut(**{**values, "currency": row["currency"].strip()})
 
 
-@routes.get("/v1/invoices", query=PageQuery, response=InvoicePage, errors=(401, 422),
+@routes.get("/v1/invoices", query=PageQuery, response=Page[InvoiceOut], errors=(401, 422),
             summary="Your invoices, newest first")
 async def list_invoices(request: web.Request, query: PageQuery):
     rows, total = await invoices.list_for_user(request.app[POOL], user_id(request), limit=query.page_size,
-                                               offset=(query.page - 1) * query.page_size)
-    return InvoicePage(items=[invoice_out(r) for r in rows], total=total, page=query.page, page_size=query.page_size)
+                                               offset=query.offset)
+    return Page[InvoiceOut](items=[invoice_out(r) for r in rows], total=total, page=query.page, page_size=query.page_size)
 
 
 @routes.get("/v1/invoices/{id}", response=InvoiceDetail, errors=(401, 404), summary="One of your invoices with its lines")

@@ -4,8 +4,11 @@ from __future__ import annotations
 import time
 import uuid
 
+import asyncpg
 import structlog
 from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from prometheus_client import Counter, Histogram
 
 from billing.auth import InvalidToken, decode_token
@@ -50,6 +53,10 @@ async def correlation(request: web.Request, handler):
     return response
 
 
+_UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
+                asyncpg.TooManyConnectionsError, RedisConnectionError, RedisTimeoutError)
+
+
 @web.middleware
 async def errors(request: web.Request, handler):
     """Every failure leaves as the error envelope; a 500 never shows internals."""
@@ -63,6 +70,11 @@ async def errors(request: web.Request, handler):
         code = _HTTP_CODES.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_response(error_body(exc.reason, code), exc.status, headers=headers)
+    except _UNAVAILABLE as exc:
+        # PostgreSQL or Redis unreachable: a temporary condition the client may retry, not a bug.
+        log.warning("dependency unavailable", path=request.path, error=type(exc).__name__)
+        return json_response(error_body("a dependency is temporarily unavailable, retry later", "service_unavailable"),
+                             503, headers={"Retry-After": "5"})
     except Exception:
         log.exception("unhandled error", path=request.path)
         return json_response(

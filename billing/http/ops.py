@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hmac
 import html
-import re
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field

@@ -26,6 +26,7 @@ from billing.commands import REFUND_PAYMENT, RefundPayment
 from billing.consumers import payments as payment_actors
 from billing.consumers.deps import Deps
 from billing.http.api import Reply, Routes
+from billing.http.pagination import Page, PageQuery
 from billing.http.context import CLOCK, POOL, REDIS, SETTINGS, path_uuid, user_id
 from billing.http.errors import ApiError, Conflict, NotFound, PaymentRequired, ValidationFailed
 from billing.http.idempotency import HEADER
@@ -89,11 +90,6 @@ class RefundRequest(BaseModel):
         return None if value is None else _amount(value)
 
 
-class HistoryQuery(BaseModel):
-    page: int = Field(1, ge=1)
-    page_size: int = Field(20, ge=1, le=100)
-
-
 class TransactionOut(BaseModel):
     id: UUID
     kind: str
@@ -110,13 +106,6 @@ class TransactionOut(BaseModel):
     decline_code: str | None
     created_at: datetime
     updated_at: datetime
-
-
-class HistoryOut(BaseModel):
-    items: list[TransactionOut]
-    total: int
-    page: int
-    page_size: int
 
 
 class PaymentMethodOut(BaseModel):
@@ -293,11 +282,11 @@ async def refund_payment(request: web.Request, body: RefundRequest):
 # -- reads ----------------------------------------------------------------------------------------
 
 
-@routes.get("/v1/payments/history", query=HistoryQuery, response=HistoryOut, summary="Your charges and refunds, newest first")
-async def history(request: web.Request, query: HistoryQuery):
+@routes.get("/v1/payments/history", query=PageQuery, response=Page[TransactionOut], summary="Your charges and refunds, newest first")
+async def history(request: web.Request, query: PageQuery):
     uid = user_id(request)
     async with request.app[POOL].acquire() as conn:
-        rows = await transactions.list_for_user(conn, uid, limit=query.page_size, offset=(query.page - 1) * query.page_size)
+        rows = await transactions.list_for_user(conn, uid, limit=query.page_size, offset=query.offset)
         total = await transactions.count_for_user(conn, uid)
     return {"items": [transaction_out(r) for r in rows], "total": total, "page": query.page, "page_size": query.page_size}
 

@@ -72,9 +72,14 @@ class Consumer:
         poll_interval: float = 0.1,
         claim_interval: float | None = None,
         metrics_interval: float = 5.0,
+        dependencies_up: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """`name` must be stable across restarts (e.g. f"{hostname}-{procname}-{index}")
-        so that a restarted consumer finds its own pending entries."""
+        so that a restarted consumer finds its own pending entries.
+
+        `dependencies_up` (optional) checks the stores the handlers need (it raises or returns
+        False when one is down). A failure while they are down is an outage, not the message's
+        fault: it is retried later without using up an attempt, so a long outage dead-letters nothing."""
         if not redis.get_connection_kwargs().get("decode_responses"):
             raise ValueError("the Redis client needs decode_responses=True")
         self.redis = redis
@@ -91,6 +96,7 @@ class Consumer:
         self.poll_interval = poll_interval
         self.claim_interval = claim_interval or min(policy.lease / 2, 5.0)
         self.metrics_interval = metrics_interval
+        self.dependencies_up = dependencies_up
         self.log = log.bind(stream=stream, group=group, consumer=name)
         self._move_due = redis.register_script(MOVE_DUE)
         self._slots = asyncio.Semaphore(concurrency)
@@ -107,6 +113,13 @@ class Consumer:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    async def _recreate_group(self) -> None:
+        try:
+            await self.ensure_group()
+        except Exception:
+            self.log.exception("recreating the consumer group failed")
+            await asyncio.sleep(1.0)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then finish in-flight handlers (up to shutdown_timeout).
@@ -167,6 +180,16 @@ class Consumer:
                     count=self.batch,
                     block=self.block_ms if last == ">" else None,
                 )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis lost its data (restarted without persistence): recreate the group and go on.
+                    self.log.warning("consumer group missing, recreating it")
+                    await self._recreate_group()
+                    last = "0"
+                else:
+                    self.log.exception("XREADGROUP failed")
+                    await asyncio.sleep(1.0)
+                continue
             except Exception:
                 self.log.exception("XREADGROUP failed")
                 await asyncio.sleep(1.0)
@@ -286,7 +309,7 @@ class Consumer:
             await self._dead(msg_id, fields, action, exc)
         except Exception as exc:
             metrics.FAILED.labels(self.stream, action).inc()
-            await self._retry_or_dead(msg_id, envelope, exc)
+            await self._retry_or_dead(msg_id, envelope, exc, counts=await self._dependencies_are_up())
         else:
             metrics.PROCESSED.labels(self.stream, action).inc()
             self._ack(msg_id)
@@ -309,14 +332,23 @@ class Consumer:
             self._acks[:0] = ids
             raise
 
-    async def _retry_or_dead(self, msg_id: str, envelope: Envelope, exc: Exception) -> None:
-        attempts = envelope.attempts + 1
+    async def _dependencies_are_up(self) -> bool:
+        if self.dependencies_up is None:
+            return True
+        try:
+            return await asyncio.wait_for(self.dependencies_up(), 2.0) is not False
+        except Exception:
+            return False
+
+    async def _retry_or_dead(self, msg_id: str, envelope: Envelope, exc: Exception, counts: bool = True) -> None:
+        """Schedule a retry; `counts=False` (an outage) retries without using up an attempt."""
+        attempts = envelope.attempts + 1 if counts else envelope.attempts
         failed = envelope.model_copy(update={"attempts": attempts, "last_error": _describe(exc)})
         limit = envelope.max_attempts or self.policy.max_attempts
         if attempts >= limit:
             await self._dead(msg_id, failed.to_fields(), envelope.action, exc)
             return
-        delay = self.policy.delay_for(attempts)
+        delay = self.policy.delay_for(max(attempts, 1))
         member = json.dumps(list(chain.from_iterable(failed.to_fields().items())))
         # Scheduling the retry and acking the original happen together or not at all.
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -324,7 +356,8 @@ class Consumer:
             pipe.xack(self.stream, self.group, msg_id)
             await pipe.execute()
         metrics.RETRIED.labels(self.stream, envelope.action).inc()
-        self.log.warning("handler failed, retry scheduled", attempt=attempts, delay=round(delay, 3), exc_info=exc)
+        self.log.warning("handler failed, retry scheduled" if counts else "dependency down, retry scheduled",
+                         attempt=attempts, delay=round(delay, 3), exc_info=exc)
 
     async def _dead(self, msg_id: str, fields: Mapping[str, str], action: str, exc: Exception) -> None:
         entry = {

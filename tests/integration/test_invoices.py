@@ -202,3 +202,10 @@ async def test_invoices_are_private_and_pages_are_validated(sub_client, pool):
     assert status == 422 and {d["field"] for d in body["details"]} == {"page", "page_size"}
     resp = await sub_client.get("/v1/invoices")
     assert resp.status == 401
+
+
+async def test_a_page_beyond_any_offset_is_a_422_not_a_500(sub_client, register_user):
+    # Found by schemathesis: page * page_size overflowed PostgreSQL's bigint OFFSET.
+    user = await register_user(sub_client)
+    resp = await sub_client.get("/v1/invoices?page=4726433203957842944&page_size=60", headers=user["headers"])
+    assert resp.status == 422, await resp.json()

@@ -383,3 +383,9 @@ async def test_card_numbers_and_cvvs_are_never_echoed_stored_or_logged(client, u
             assert number not in where
     for where in (*texts, stored, logged):  # the CVV never appears as a value (digits may occur inside ids)
         assert '"987"' not in where and "'987'" not in where and "=987" not in where
+
+
+async def test_history_page_beyond_any_offset_is_a_422_not_a_500(client, user):
+    # Found by schemathesis: page * page_size overflowed PostgreSQL's bigint OFFSET.
+    resp = await client.get("/v1/payments/history?page=4726433203957842944&page_size=60", headers=user["headers"])
+    assert resp.status == 422, await resp.json()

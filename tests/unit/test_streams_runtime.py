@@ -237,3 +237,25 @@ async def test_permanent_failures_dead_letter_at_once(redis, action, payload, er
 def test_format_table():
     text = format_table([{"a": 1, "b": None}, {"a": "long value", "b": "x"}], ["a", "b"])
     assert text.splitlines() == ["A           B", "1           -", "long value  x"]
+
+
+async def test_failure_during_an_outage_does_not_use_up_an_attempt(redis):
+    async def handler(envelope, payload):
+        raise ConnectionRefusedError("database unreachable")
+
+    async def database_down():
+        raise OSError("connection refused")
+
+    router = Router()
+    router.register("charge", Charge, handler)
+    consumer = Consumer(redis, STREAM, "g", "c1", router, policy=RetryPolicy(max_retries=2, base_delay=10, jitter=0),
+                        dependencies_up=database_down)
+    last_try = Envelope.build("charge", Charge(account="a", amount=1)).model_copy(update={"attempts": 2})
+    await redis.xadd(STREAM, last_try.to_fields())
+    await _deliver(redis, consumer)
+    # Not dead-lettered although it was the last attempt: retried later, attempts unchanged.
+    assert await redis.xlen(dead_key(STREAM)) == 0
+    [member] = await redis.zrange(delayed_key(STREAM), 0, -1)
+    flat = json.loads(member)
+    retry = Envelope.from_fields(dict(zip(flat[::2], flat[1::2])))
+    assert retry.attempts == 2 and retry.last_error == "ConnectionRefusedError: database unreachable"
