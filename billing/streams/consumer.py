@@ -347,6 +347,10 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """Cancel and wait for `tasks`, cancelling again those that swallowed it: redis-py can lose
+    a CancelledError that lands at the wrong moment (redis/redis-py#2028, #2551)."""
+    running = {task for task in tasks if not task.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=0.5)
