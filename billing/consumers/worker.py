@@ -9,7 +9,7 @@ import asyncio
 import importlib
 import signal
 import socket
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 
 import redis.asyncio as aioredis
 import structlog
@@ -21,7 +21,7 @@ from billing.config import Settings
 from billing.consumers.deps import Deps, retry_policy
 from billing.consumers.webhooks import http_session
 from billing.sql import pool_for
-from billing.streams import Consumer, OutboxRelay, RetryPolicy, Router
+from billing.streams import Consumer, OutboxRelay, Publisher, RetryPolicy, Router
 
 log = structlog.get_logger("billing.worker")
 
@@ -60,38 +60,37 @@ def consumer_name(service: str, index: int) -> str:
 async def run_worker(settings: Settings, service: str, *, index: int = 0, clock: Clock | None = None,
                      stop: asyncio.Event | None = None, concurrency: int = 16, metrics_port: int | None = None) -> None:
     stop = stop or asyncio.Event()
-    pool = await pool_for(settings)
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
-    clock = clock or clock_for(settings)
-    await start_clock(clock, redis)  # development: the test clock every process shares through Redis
-    deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock, http=http_session(settings))
-    policy, policies = retry_policy(settings), build_policies(service, settings)
+    async with AsyncExitStack() as resources:  # whatever was opened is closed, even if start-up fails half way
+        pool = await pool_for(settings)
+        resources.push_async_callback(pool.close)
+        redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        resources.push_async_callback(redis.aclose)
+        clock = clock or clock_for(settings)
+        await start_clock(clock, redis)  # development: the test clock every process shares through Redis
+        resources.push_async_callback(stop_clock, clock)
+        deps = Deps(settings=settings, pool=pool, redis=redis, clock=clock, http=http_session(settings))
+        resources.push_async_callback(deps.http.close)
+        policy, policies = retry_policy(settings), build_policies(service, settings)
 
-    async def dependencies_up() -> None:
-        # A handler failing while PostgreSQL or Redis is down is retried without using up an attempt.
-        async with pool.acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-        await redis.ping()
+        async def dependencies_up() -> None:
+            # A handler failing while PostgreSQL or Redis is down is retried without using up an attempt.
+            async with pool.acquire(timeout=2) as conn:
+                await conn.fetchval("SELECT 1")
+            await redis.ping()
 
-    consumers = [
-        Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
-                 router=router, policy=policies.get(family, policy), concurrency=router.concurrency or concurrency,
-                 maxlen=settings.stream_maxlen, dependencies_up=dependencies_up)
-        for family, router in build_routers(service, deps).items()
-    ]
-    metrics = await serve_metrics(settings.host, metrics_port or settings.worker_metrics_port)
-    relay = OutboxRelay(pool, redis, maxlen=settings.stream_maxlen)
-    log.info("worker started", service=service, streams=[c.stream for c in consumers])
-    try:
-        await asyncio.gather(relay.run(stop), *(c.run(stop) for c in consumers))
-    finally:
+        consumers = [
+            Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
+                     router=router, policy=policies.get(family, policy), concurrency=router.concurrency or concurrency,
+                     maxlen=settings.stream_maxlen, dependencies_up=dependencies_up)
+            for family, router in build_routers(service, deps).items()
+        ]
+        metrics = await serve_metrics(settings.host, metrics_port or settings.worker_metrics_port)
         if metrics is not None:
-            await metrics.cleanup()
-        await deps.http.close()
-        await stop_clock(clock)
-        await redis.aclose()
-        await pool.close()
-        log.info("worker stopped", service=service)
+            resources.push_async_callback(metrics.cleanup)
+        relay = OutboxRelay(pool, redis, Publisher(redis, settings.stream_maxlen))
+        log.info("worker started", service=service, streams=[c.stream for c in consumers])
+        await asyncio.gather(relay.run(stop), *(c.run(stop) for c in consumers))
+    log.info("worker stopped", service=service)
 
 
 async def serve_metrics(host: str, port: int | None) -> web.AppRunner | None:

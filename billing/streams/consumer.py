@@ -99,11 +99,12 @@ class Consumer:
         self.dependencies_up = dependencies_up
         self.log = log.bind(stream=stream, group=group, consumer=name)
         self._move_due = redis.register_script(MOVE_DUE)
-        self._slots = asyncio.Semaphore(concurrency)
-        self._tasks: set[asyncio.Task] = set()
-        self._inflight: dict[str, float] = {}  # message id -> loop time of delivery or last lease renewal
+        # `concurrency` worker coroutines take delivered entries from this queue (cheaper than a task each).
+        self._queue: asyncio.Queue[tuple[str, Mapping[str, str], int | None]] = asyncio.Queue(self.batch)
+        self._inflight: dict[str, float] = {}  # message id -> monotonic time of delivery or last lease renewal
         self._acks: list[str] = []
         self._ack_wanted = asyncio.Event()
+        self._read_from = "0"  # XREADGROUP id: "0" rereads our own pending entries, then ">"
         self._claim_cursor = "0-0"
 
     async def ensure_group(self) -> None:
@@ -129,13 +130,15 @@ class Consumer:
         """
         await self.ensure_group()
         self.log.info("consumer started")
+        self._read_from = "0"
         spawn = asyncio.create_task
         readers = [
-            spawn(self._read()),
+            spawn(self._forever(self._read_once, 0)),
             spawn(self._forever(self._claim_once, self.claim_interval)),
             spawn(self._forever(self._move_once, self.poll_interval)),
             spawn(self._forever(self._observe, self.metrics_interval)),
         ]
+        workers = [spawn(self._work()) for _ in range(self.concurrency)]
         keepers = [
             spawn(self._forever(self._renew_once, self.policy.lease / 4)),
             spawn(self._forever(self._ack_once, 0)),
@@ -145,14 +148,14 @@ class Consumer:
             await _cancel(readers)
             await self._drain()
         finally:
-            await _cancel(readers + keepers + list(self._tasks))
+            await _cancel(readers + workers + keepers)
             self.log.info("consumer stopped")
 
     async def _drain(self) -> None:
-        if self._tasks:
-            _, running = await asyncio.wait(set(self._tasks), timeout=self.shutdown_timeout)
-            if running:
-                self.log.warning("handlers still running at shutdown stay pending", count=len(running))
+        try:
+            await asyncio.wait_for(self._queue.join(), self.shutdown_timeout)
+        except TimeoutError:
+            self.log.warning("handlers still running at shutdown stay pending", count=len(self._inflight))
         await self._flush_acks()
 
     # --- loops -------------------------------------------------------------------------
@@ -169,42 +172,37 @@ class Consumer:
             if not busy:
                 await asyncio.sleep(interval)
 
-    async def _read(self) -> None:
-        last = "0"  # first our own pending entries (left by a previous run), then new ones (">")
-        while True:
-            try:
-                reply = await self.redis.xreadgroup(
-                    self.group,
-                    self.name,
-                    {self.stream: last},
-                    count=self.batch,
-                    block=self.block_ms if last == ">" else None,
-                )
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    # Redis lost its data (restarted without persistence): recreate the group and go on.
-                    self.log.warning("consumer group missing, recreating it")
-                    await self._recreate_group()
-                    last = "0"
-                else:
-                    self.log.exception("XREADGROUP failed")
-                    await asyncio.sleep(1.0)
-                continue
-            except Exception:
-                self.log.exception("XREADGROUP failed")
-                await asyncio.sleep(1.0)
-                continue
-            entries = reply[0][1] if reply else []
-            deliveries = {}
-            if last != ">":
-                if not entries:
-                    last = ">"
-                    continue
-                last = entries[-1][0]
-                self.log.info("rereading own pending entries", count=len(entries))
-                deliveries = await self._deliveries([msg_id for msg_id, _ in entries])
-            for msg_id, fields in entries:
-                await self._start(msg_id, fields, deliveries.get(msg_id))
+    async def _read_once(self) -> bool:
+        """One XREADGROUP: first our own pending entries (left by a previous run), then new ones."""
+        history = self._read_from != ">"
+        try:
+            reply = await self.redis.xreadgroup(
+                self.group,
+                self.name,
+                {self.stream: self._read_from},
+                count=self.batch,
+                block=None if history else self.block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost its data (restarted without persistence): recreate the group and go on.
+            self.log.warning("consumer group missing, recreating it")
+            await self._recreate_group()
+            self._read_from = "0"
+            return True
+        entries = reply[0][1] if reply else []
+        deliveries = {}
+        if history:
+            if not entries:
+                self._read_from = ">"
+                return True
+            self._read_from = entries[-1][0]
+            self.log.info("rereading own pending entries", count=len(entries))
+            deliveries = await self._deliveries([msg_id for msg_id, _ in entries])
+        for msg_id, fields in entries:
+            await self._start(msg_id, fields, deliveries.get(msg_id))
+        return True
 
     async def _claim_once(self) -> bool:
         """XAUTOCLAIM entries idle longer than the lease, following the cursor across calls."""
@@ -226,7 +224,7 @@ class Consumer:
 
     async def _renew_once(self) -> bool:
         """Re-claim entries whose handlers run past half the lease, so nobody else claims them."""
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         due = [msg_id for msg_id, since in self._inflight.items() if now - since >= self.policy.lease / 2]
         if due:
             await self.redis.xclaim(self.stream, self.group, self.name, 0, due, justid=True)
@@ -266,28 +264,27 @@ class Consumer:
             return
         if msg_id in self._inflight:
             return
-        self._inflight[msg_id] = asyncio.get_running_loop().time()
-        await self._slots.acquire()
-        task = asyncio.create_task(self._process(msg_id, fields, deliveries))
-        self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(t, msg_id))
+        self._inflight[msg_id] = time.monotonic()
+        await self._queue.put((msg_id, fields, deliveries))  # waits while all workers are busy
 
-    def _finished(self, task: asyncio.Task, msg_id: str) -> None:
-        self._tasks.discard(task)
-        self._inflight.pop(msg_id, None)
-        self._slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            # e.g. Redis unreachable while dead-lettering: the entry stays pending and is claimed again.
-            self.log.error("message left pending", message_id=msg_id, exc_info=task.exception())
+    async def _work(self) -> None:
+        structlog.contextvars.bind_contextvars(stream=self.stream)  # this worker task's own context
+        while True:
+            msg_id, fields, deliveries = await self._queue.get()
+            try:
+                await self._process(msg_id, fields, deliveries)
+            except Exception:
+                # e.g. Redis unreachable while dead-lettering: the entry stays pending and is claimed again.
+                self.log.exception("message left pending", message_id=msg_id)
+            finally:
+                self._inflight.pop(msg_id, None)
+                self._queue.task_done()
 
     async def _process(self, msg_id: str, fields: Mapping[str, str], deliveries: int | None) -> None:
-        # Runs in its own task, so these ids reach every log line of the handler too.
+        # Bound in the worker's context, so they reach the handler's log lines too. The same keys
+        # are overwritten for each message (a handler binding its own should use bound_contextvars).
         structlog.contextvars.bind_contextvars(
-            stream=self.stream,
-            message_id=msg_id,
-            action=fields.get("action"),
-            envelope_id=fields.get("id"),
-            correlation_id=fields.get("correlation_id"),
+            message_id=msg_id, action=fields.get("action"), correlation_id=fields.get("correlation_id")
         )
         try:
             envelope = Envelope.from_fields(fields)
@@ -295,26 +292,26 @@ class Consumer:
         except (ValidationError, PermanentError) as exc:
             await self._dead(msg_id, fields, "-", exc)
             return
-        action = envelope.action
+        measure = metrics.for_action(self.stream, envelope.action)
         limit = envelope.max_attempts or self.policy.max_attempts
         if deliveries is not None and deliveries > limit:
             exc = DeliveryLimitExceeded(f"delivered {deliveries} times, limit {limit}")
-            await self._dead(msg_id, fields, action, exc)
+            await self._dead(msg_id, fields, envelope.action, exc)
             return
         started = time.perf_counter()
         try:
             await route.handler(envelope, payload)
         except PermanentError as exc:
-            metrics.FAILED.labels(self.stream, action).inc()
-            await self._dead(msg_id, fields, action, exc)
+            measure.failed.inc()
+            await self._dead(msg_id, fields, envelope.action, exc)
         except Exception as exc:
-            metrics.FAILED.labels(self.stream, action).inc()
+            measure.failed.inc()
             await self._retry_or_dead(msg_id, envelope, exc, counts=await self._dependencies_are_up())
         else:
-            metrics.PROCESSED.labels(self.stream, action).inc()
+            measure.processed.inc()
             self._ack(msg_id)
         finally:
-            metrics.LATENCY.labels(self.stream, action).observe(time.perf_counter() - started)
+            measure.latency.observe(time.perf_counter() - started)
 
     def _ack(self, msg_id: str) -> None:
         # Acks are batched: one XACK for everything finished since the last one.
@@ -355,7 +352,7 @@ class Consumer:
             pipe.zadd(delayed_key(self.stream), {member: time.time() + delay})
             pipe.xack(self.stream, self.group, msg_id)
             await pipe.execute()
-        metrics.RETRIED.labels(self.stream, envelope.action).inc()
+        metrics.for_action(self.stream, envelope.action).retried.inc()
         self.log.warning("handler failed, retry scheduled" if counts else "dependency down, retry scheduled",
                          attempt=attempts, delay=round(delay, 3), exc_info=exc)
 
@@ -371,7 +368,7 @@ class Consumer:
             pipe.xadd(dead_key(self.stream), entry)
             pipe.xack(self.stream, self.group, msg_id)
             await pipe.execute()
-        metrics.DEAD.labels(self.stream, action).inc()
+        metrics.for_action(self.stream, action).dead.inc()
         self.log.error("message dead-lettered", error_type=type(exc).__name__, exc_info=exc)
 
 
@@ -380,6 +377,10 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """Cancel and wait for `tasks`, cancelling again those that swallowed it: redis-py can lose
+    a CancelledError that lands at the wrong moment (redis/redis-py#2028, #2551)."""
+    running = {task for task in tasks if not task.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        _, running = await asyncio.wait(running, timeout=0.5)

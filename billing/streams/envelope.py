@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, Json
 
 
 def _new_id() -> str:
@@ -20,17 +20,14 @@ def _now() -> datetime:
 class Envelope(BaseModel):
     id: str = Field(default_factory=_new_id)  # stays the same across retries: the inbox key
     action: str
-    correlation_id: str = ""  # defaults to id
+    correlation_id: str = Field(default_factory=lambda data: data["id"])
     idempotency_key: str | None = None
     created_at: AwareDatetime = Field(default_factory=_now)
     attempts: int = 0  # failed runs so far
     max_attempts: int | None = None  # None: the consumer's policy decides
     last_error: str | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-    def model_post_init(self, __context: Any) -> None:
-        if not self.correlation_id:
-            self.correlation_id = self.id
+    # On the wire the payload is a JSON string; pydantic decodes it during validation (fast path).
+    payload: dict[str, Any] | Json[dict[str, Any]] = Field(default_factory=dict)
 
     @classmethod
     def build(
@@ -50,12 +47,14 @@ class Envelope(BaseModel):
             payload = model.model_validate(data)
         if isinstance(payload, BaseModel):
             payload = payload.model_dump(mode="json")
+        envelope_id = _new_id()
         return cls(
+            id=envelope_id,
             action=action,
-            payload=dict(payload),
-            correlation_id=correlation_id or "",
+            correlation_id=correlation_id or envelope_id,
             idempotency_key=idempotency_key,
             max_attempts=max_attempts,
+            payload=dict(payload),
         )
 
     def to_fields(self) -> dict[str, str]:
@@ -65,6 +64,4 @@ class Envelope(BaseModel):
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> "Envelope":
-        data = dict(fields)
-        data["payload"] = json.loads(data.get("payload", "{}"))
-        return cls.model_validate(data)
+        return cls.model_validate(fields)

@@ -1,5 +1,8 @@
 """Prometheus metrics of the runtime, registered once in the default registry."""
 
+from functools import lru_cache
+from typing import NamedTuple
+
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
@@ -20,6 +23,20 @@ LATENCY = _metric(
 )
 PENDING = _metric(Gauge, "streams_pending", "Delivered but not yet acknowledged", ["stream", "group"])
 LAG = _metric(Gauge, "streams_lag", "Entries not yet delivered to the group", ["stream", "group"])
+
+
+class ActionMetrics(NamedTuple):
+    processed: Counter
+    failed: Counter
+    retried: Counter
+    dead: Counter
+    latency: Histogram
+
+
+@lru_cache(maxsize=1024)
+def for_action(stream: str, action: str) -> ActionMetrics:
+    """The labelled children, looked up once: `.labels()` costs as much as a noop handler."""
+    return ActionMetrics(*(m.labels(stream, action) for m in (PROCESSED, FAILED, RETRIED, DEAD, LATENCY)))
 
 
 async def observe_group(redis: aioredis.Redis, stream: str, group: str) -> None:

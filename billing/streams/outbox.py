@@ -14,9 +14,10 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
 from .envelope import Envelope
-from .publisher import DEFAULT_MAXLEN
+from .publisher import Publisher
 
 log = structlog.get_logger("billing.streams.outbox")
 
@@ -51,10 +52,9 @@ async def enqueue(
 
 
 class OutboxRelay:
-    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, maxlen: int = DEFAULT_MAXLEN) -> None:
+    def __init__(self, pool: asyncpg.Pool, redis: aioredis.Redis, publisher: Publisher | None = None) -> None:
         self.pool = pool
-        self.redis = redis
-        self.maxlen = maxlen
+        self.publisher = publisher or Publisher(redis)
 
     async def relay_once(self, batch: int = 100) -> int:
         """Publish up to `batch` committed rows; returns how many."""
@@ -67,10 +67,7 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    pipe.xadd(row["stream"], json.loads(row["fields"]), maxlen=self.maxlen, approximate=True)
-                await pipe.execute()
+            await self.publisher.publish_many((row["stream"], json.loads(row["fields"])) for row in rows)
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = any($1::bigint[])",
                 [row["id"] for row in rows],
@@ -81,7 +78,7 @@ class OutboxRelay:
         while not stop.is_set():
             try:
                 published = await self.relay_once(batch)
-            except (OSError, asyncpg.PostgresError, aioredis.RedisError):
+            except (OSError, asyncpg.PostgresError, RedisError):
                 log.exception("outbox relay failed; retrying")
                 published = 0
             if published < batch:  # caught up: wait for new rows

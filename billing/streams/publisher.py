@@ -1,6 +1,6 @@
 """Publishing envelopes onto a stream, trimmed with MAXLEN ~."""
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -48,3 +48,10 @@ class Publisher:
     async def publish_fields(self, stream: str, fields: Mapping[str, str]) -> str:
         """XADD already encoded envelope fields; returns the stream id."""
         return await self.redis.xadd(stream, dict(fields), maxlen=self.maxlen, approximate=True)
+
+    async def publish_many(self, entries: Iterable[tuple[str, Mapping[str, str]]]) -> list[str]:
+        """XADD several (stream, fields) in one round trip; returns their stream ids."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, fields in entries:
+                pipe.xadd(stream, dict(fields), maxlen=self.maxlen, approximate=True)
+            return await pipe.execute()
