@@ -46,6 +46,7 @@ from billing.config import Settings
 from billing.consumers.deps import Deps
 from billing.consumers.subscriptions import apply_event, load_plan, note
 from billing.plans import BillingCycle, Period, Plan, add_cycle
+from billing.metering import reset_expired
 from billing.sql import due, payment_methods, pool_for
 from billing.subscriptions import (
     DunningPolicy,
@@ -212,37 +213,12 @@ async def _pending_expired(conn: asyncpg.Connection, row: asyncpg.Record, now: d
 # -- cleanup ---------------------------------------------------------------------------------------------
 
 async def reset_usage(deps: Deps, now: datetime) -> int:
-    """Hook for the usage area: end counters whose period is over.
-
-    PostgreSQL usage rows stay as history (a new period gets a new row). Redis counters are hashes under
-    ``{prefix}:usage:*`` with a ``reset_at`` field (ISO-8601); those whose reset_at has passed are deleted,
-    so the next use starts the new period at zero. Returns how many keys were deleted.
-    """
-    deleted = 0
-    pattern = deps.settings.key("usage", "*")
-    keys = [key async for key in deps.redis.scan_iter(match=pattern, count=1000)]
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        async with deps.redis.pipeline(transaction=False) as pipe:
-            for key in chunk:
-                pipe.type(key)
-            types = await pipe.execute()
-        hashes = [k for k, t in zip(chunk, types) if t == "hash"]
-        async with deps.redis.pipeline(transaction=False) as pipe:
-            for key in hashes:
-                pipe.hget(key, "reset_at")
-            resets = await pipe.execute()
-        ended = [k for k, r in zip(hashes, resets) if r and _passed(r, now)]
-        if ended:
-            deleted += await deps.redis.delete(*ended)
-    return deleted
-
-
-def _passed(value: str, now: datetime) -> bool:
-    try:
-        return datetime.fromisoformat(value) <= now
-    except (TypeError, ValueError):
-        return False  # not a counter we understand: leave it alone
+    """End what finished usage periods leave behind (billing.metering.reset_expired): counters of ended
+    periods, rows past the retention, acked usage_sync entries. A new period needs no reset: its counters
+    are new keys that start at 0. Returns how many counters were deleted."""
+    async with deps.pool.acquire() as conn:
+        removed = await reset_expired(conn, deps.redis, deps.settings, now)
+    return removed["counters"]
 
 
 # -- leadership and the loop -----------------------------------------------------------------------------

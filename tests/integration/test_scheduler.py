@@ -176,12 +176,20 @@ async def test_expired_idempotency_keys_are_deleted(deps, pool, frozen):
 
 
 async def test_usage_counters_of_ended_periods_are_deleted(deps, settings, redis, frozen):
-    ended, current = settings.key("usage", "u1", "api_calls"), settings.key("usage", "u2", "api_calls")
-    await redis.hset(ended, mapping={"count": 5, "reset_at": (T0 - timedelta(days=1)).isoformat()})
-    await redis.hset(current, mapping={"count": 5, "reset_at": (T0 + timedelta(days=1)).isoformat()})
-    await redis.set(settings.key("usage", "other"), "x")  # not a counter: left alone
+    from uuid import uuid4
+
+    from billing.metering import counter_key
+    from billing.plans import Period
+
+    user = uuid4()
+    ended = counter_key(settings, user, "api_calls", Period(T0 - timedelta(days=31), T0 - timedelta(days=1)))
+    current = counter_key(settings, user, "api_calls", Period(T0 - timedelta(days=1), T0 + timedelta(days=30)))
+    await redis.set(ended, 5)
+    await redis.set(current, 5)
+    await redis.set(settings.key("{sub}", "usage", "other"), "x")  # not a counter: left alone
     assert await reset_usage(deps, frozen.now()) == 1
-    assert not await redis.exists(ended) and await redis.exists(current, settings.key("usage", "other")) == 2
+    assert not await redis.exists(ended)
+    assert await redis.exists(current, settings.key("{sub}", "usage", "other")) == 2
 
 
 async def test_only_the_leader_ticks_and_another_takes_over_after_the_ttl(deps, pool, redis, settings, frozen):
