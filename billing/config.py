@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     scheduler_interval_seconds: float = Field(30.0, gt=0)
     scheduler_lock_ttl_seconds: float = Field(120.0, gt=0)
     scheduler_batch_size: int = Field(100, ge=1, le=10_000)
+    # A charge whose gateway outcome is still unknown after this long is failed (the customer may pay again).
+    pending_charge_timeout_minutes: int = Field(30, ge=1)
 
     # Stream policy defaults (DESIGN.md).
     stream_max_retries: int = 3

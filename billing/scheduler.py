@@ -44,10 +44,11 @@ from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.commands import CHARGE_SUBSCRIPTION, ChargeSubscription
 from billing.config import Settings
 from billing.consumers.deps import Deps
+from billing.consumers.payments import enqueue_outcome
 from billing.consumers.subscriptions import apply_event, load_plan, note
 from billing.plans import BillingCycle, Period, Plan, add_cycle
 from billing.metering import reset_expired
-from billing.sql import due, payment_methods, pool_for
+from billing.sql import due, payment_methods, pool_for, transactions
 from billing.subscriptions import (
     DunningPolicy,
     PeriodEndAction,
@@ -73,6 +74,7 @@ class TickReport:
     retries_requested: int = 0
     dunning_exhausted: int = 0
     pending_expired: int = 0
+    unanswered_charges_failed: int = 0
     idempotency_keys_deleted: int = 0
     usage_keys_deleted: int = 0
     failed: list[UUID] = field(default_factory=list)
@@ -94,6 +96,9 @@ async def tick(deps: Deps, now: datetime) -> TickReport:
     window = timedelta(hours=deps.settings.pending_expiry_hours)
     await _sweep(deps, report, lambda conn, limit, skip: due.lock_stale_pending(conn, now - window, limit, skip),
                  lambda conn, row: _pending_expired(conn, row, now))
+    unanswered_before = now - timedelta(minutes=deps.settings.pending_charge_timeout_minutes)
+    await _sweep(deps, report, lambda conn, limit, skip: due.lock_unanswered_charges(conn, unanswered_before, limit, skip),
+                 lambda conn, row: _charge_unanswered(deps, conn, row, now))
     async with deps.pool.acquire() as conn:
         report.idempotency_keys_deleted = await due.delete_expired_idempotency_keys(conn, now)
     report.usage_keys_deleted = await reset_usage(deps, now)
@@ -203,6 +208,20 @@ async def _retry_due(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, 
                           charge_key=f"dunning:{row['id']}:{attempt}", plan=plan, period=None, now=now)
     await due.mark(conn, row["id"], retry_requested_attempt=attempt)
     return "retries_requested"
+
+
+async def _charge_unanswered(deps: Deps, conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> str:
+    """The gateway never answered (timeouts): fail the charge the usual way, so the subscription follows
+    its failed-payment path and the customer may pay again instead of being blocked by a pending charge.
+    (A real gateway integration would first look the charge up by its idempotency key.)"""
+    minutes = deps.settings.pending_charge_timeout_minutes
+    txn = await transactions.finish(conn, row["id"], status="failed", gateway_reference=None, decline_code="gateway_timeout",
+                                    error_message=f"no answer from the gateway within {minutes} minutes")
+    plan_id = (row["metadata"] or {}).get("plan_id")
+    key = row["idempotency_key"]
+    await enqueue_outcome(conn, deps, txn, now=now, plan_id=UUID(plan_id) if plan_id else None,
+                          charge_key=key if key and not key.startswith("api:") else None)
+    return "unanswered_charges_failed"
 
 
 async def _pending_expired(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> str:

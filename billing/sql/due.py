@@ -83,3 +83,14 @@ async def mark(conn: asyncpg.Connection, subscription_id: UUID, **marks: Any) ->
 async def delete_expired_idempotency_keys(conn: asyncpg.Connection, now: datetime) -> int:
     result = await conn.execute("DELETE FROM idempotency_keys WHERE expires_at < $1", now)
     return int(result.split()[-1])
+
+
+async def lock_unanswered_charges(conn: asyncpg.Connection, created_before: datetime, limit: int,
+                                  skip: Sequence[UUID]) -> list[asyncpg.Record]:
+    """Charges still pending (the gateway never answered) long after they were made."""
+    return await conn.fetch(
+        """SELECT id, user_id, subscription_id, idempotency_key, metadata FROM transactions
+           WHERE kind = 'charge' AND status = 'pending' AND created_at <= $1 AND NOT (id = any($3::uuid[]))
+           ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        created_before, limit, list(skip),
+    )

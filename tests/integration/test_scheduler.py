@@ -259,3 +259,27 @@ async def test_the_payment_window_opens_when_a_trial_turned_pending_not_at_creat
     assert (await tick(deps, frozen.now())).pending_expired == 0
     frozen.advance(timedelta(hours=22))
     assert (await tick(deps, frozen.now())).pending_expired == 1
+
+
+async def test_a_charge_the_gateway_never_answered_is_failed_after_the_timeout(deps, pool, frozen, settings):
+    import json
+
+    from billing.commands import PaymentOutcome
+    sub = await make_subscription(pool, **month())
+    old, recent = [await pool.fetchval(
+        """INSERT INTO transactions (user_id, subscription_id, kind, amount, currency, status, reason, idempotency_key,
+                                     created_at)
+           VALUES ($1, $2, 'charge', 9.99, 'USD', 'pending', 'renewal', $3, $4) RETURNING id""",
+        sub["user_id"], sub["id"], key, at)
+        for key, at in (("renewal:a", T0 - timedelta(minutes=31)), ("api:b", T0 - timedelta(minutes=5)))]
+
+    assert (await tick(deps, frozen.now())).unanswered_charges_failed == 1
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, status, decline_code FROM transactions")}
+    assert (rows[old]["status"], rows[old]["decline_code"]) == ("failed", "gateway_timeout")
+    assert rows[recent]["status"] == "pending"  # still within the timeout
+    [fields] = [json.loads(r["fields"]) if isinstance(r["fields"], str) else r["fields"]
+                for r in await pool.fetch("SELECT fields FROM outbox WHERE stream LIKE '%subscription_update'")]
+    outcome = PaymentOutcome.model_validate(json.loads(fields["payload"]))
+    assert (outcome.transaction_id, outcome.status, outcome.decline_code, outcome.charge_key) == (
+        old, "failed", "gateway_timeout", "renewal:a")
+    assert (await tick(deps, frozen.now())).unanswered_charges_failed == 0  # once
