@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -80,12 +81,18 @@ def cmd_up(args) -> int:
         print(f"Payments API       http://{settings.host}:{settings.payment_port}/docs")
         print("Ctrl-C stops everything.", flush=True)
         manager = Manager()
-        bin_dir = Path(sys.executable).parent
-        env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
         for name, command in PROCESSES.items():
-            manager.add_process(name, command, env=env)
+            manager.add_process(name, with_this_python(command), env=env)
         manager.loop()
         return manager.returncode or 0
+
+
+def with_this_python(command: str) -> str:
+    """A Procfile line `billing ...` run by this interpreter, so it works without the console script on PATH."""
+    words = shlex.split(command)
+    if words[0] == "billing":
+        words = [sys.executable, "-m", "billing", *words[1:]]
+    return shlex.join(words)
 
 
 def _safe(url: str | None) -> str:
