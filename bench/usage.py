@@ -51,6 +51,7 @@ def make_settings(tag: str, log_level: str) -> Settings:
 
 def serve(kind: str, tag: str, port: int, log_level: str) -> None:
     from aiohttp import web
+    from billing import eventloop
     from billing.observability import configure_logging
 
     configure_logging(log_level, json=True)
@@ -64,7 +65,8 @@ def serve(kind: str, tag: str, port: int, log_level: str) -> None:
     else:
         from billing.http.app import create_app
         app = create_app(make_settings(tag, log_level), "subscriptions")
-    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None,
+                loop=eventloop.new_event_loop())
 
 
 def work(tag: str, log_level: str) -> None:

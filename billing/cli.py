@@ -51,6 +51,7 @@ def cmd_migrate(args) -> int:
 def cmd_serve(args) -> int:
     from aiohttp import web
 
+    from billing import eventloop
     from billing.http.app import create_app
     from billing.observability import configure_logging
 
@@ -58,7 +59,7 @@ def cmd_serve(args) -> int:
     configure_logging(settings.log_level, settings.log_json)
     port = args.port or (settings.subscription_port if args.service == "subscriptions" else settings.payment_port)
     web.run_app(create_app(settings, args.service), host=args.host or settings.host, port=port,
-                print=None, access_log=None)
+                print=None, access_log=None, loop=eventloop.new_event_loop())
     return 0
 
 
