@@ -24,7 +24,8 @@ from uuid import UUID
 
 import asyncpg
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from hiredis import pack_command
+from redis.exceptions import NoScriptError, ResponseError
 
 from billing.commands import stream_key
 from billing.config import Settings
@@ -199,10 +200,27 @@ class ScriptBatch:
                 future.set_result(result)
 
     async def _evalsha_all(self, calls: list[tuple[list, list]]) -> list:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
-            return await pipe.execute(raise_on_error=False)
+        """The replies in order, an error reply as its ResponseError. What redis-py's pipeline does, minus
+        its pure-Python command packing (hiredis packs in C) and bookkeeping: a third of this path's cost."""
+        packed = b"".join([pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)) for keys, args in calls])
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+
+        async def send_and_read() -> list:
+            await conn.send_packed_command(packed)  # both disconnect on any failure, so no reply is left unread
+            replies = []
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        try:
+            # The client's retry policy, as for a single command (reconnects after e.g. a Redis restart).
+            return await conn.retry.call_with_retry(send_and_read, lambda _error: conn.disconnect())
+        finally:
+            await pool.release(conn)
 
 
 class Meter:
