@@ -4,7 +4,8 @@
 
 Not a test: it prints figures. It creates its own PostgreSQL schema and Redis prefix (migrated,
 seeded, a bench plan with a high api_calls limit and a few subscribed users), starts the
-subscriptions app in `--processes` processes sharing the port (reuse_port) and drives it with wrk
+subscriptions app in `--processes` processes sharing the port (reuse_port, on uvloop: what
+`billing serve --workers N` runs) and drives it with wrk
 (64 connections, POST + bearer token from a Lua script); then the same with a hello-world app.
 Afterwards it starts the usage_sync worker and times how long PostgreSQL takes to hold exactly the
 accepted units. Everything it created is removed at the end.
