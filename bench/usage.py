@@ -4,7 +4,8 @@
 
 Not a test: it prints figures. It creates its own PostgreSQL schema and Redis prefix (migrated,
 seeded, a bench plan with a high api_calls limit and a few subscribed users), starts the
-subscriptions app in `--processes` processes sharing the port (reuse_port) and drives it with wrk
+subscriptions app in `--processes` processes sharing the port (reuse_port, on uvloop: what
+`billing serve --workers N` runs) and drives it with wrk
 (64 connections, POST + bearer token from a Lua script); then the same with a hello-world app.
 Afterwards it starts the usage_sync worker and times how long PostgreSQL takes to hold exactly the
 accepted units. Everything it created is removed at the end.
@@ -51,6 +52,7 @@ def make_settings(tag: str, log_level: str) -> Settings:
 
 def serve(kind: str, tag: str, port: int, log_level: str) -> None:
     from aiohttp import web
+    from billing import eventloop
     from billing.observability import configure_logging
 
     configure_logging(log_level, json=True)
@@ -64,7 +66,8 @@ def serve(kind: str, tag: str, port: int, log_level: str) -> None:
     else:
         from billing.http.app import create_app
         app = create_app(make_settings(tag, log_level), "subscriptions")
-    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, print=None, access_log=None,
+                loop=eventloop.new_event_loop())
 
 
 def work(tag: str, log_level: str) -> None:

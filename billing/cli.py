@@ -49,18 +49,70 @@ def cmd_migrate(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def serve_app(service: str, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """One HTTP front door process (settings from the environment), until SIGINT/SIGTERM."""
     from aiohttp import web
 
+    from billing import eventloop
     from billing.http.app import create_app
     from billing.observability import configure_logging
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_json)
+    web.run_app(create_app(settings, service), host=host, port=port, reuse_port=reuse_port or None,
+                print=None, access_log=None, loop=eventloop.new_event_loop())
+
+
+def cmd_serve(args) -> int:
+    settings = _settings()
+    host = args.host or settings.host
     port = args.port or (settings.subscription_port if args.service == "subscriptions" else settings.payment_port)
-    web.run_app(create_app(settings, args.service), host=args.host or settings.host, port=port,
-                print=None, access_log=None)
-    return 0
+    if args.workers <= 1:
+        serve_app(args.service, host, port)
+        return 0
+    return _serve_workers(args.service, host, port, args.workers)
+
+
+def _serve_workers(service: str, host: str, port: int, workers: int) -> int:
+    """`workers` processes on one port (SO_REUSEPORT: the kernel spreads connections over them).
+
+    The parent only supervises: SIGINT/SIGTERM reach every worker, and when one worker exits the others
+    are stopped too and the parent exits with its code, so the supervisor above (systemd, honcho, k8s)
+    restarts the whole group rather than running silently short of a worker.
+    """
+    import multiprocessing
+    import signal
+    from multiprocessing.connection import wait
+
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no event loop or pool inherited
+    procs = [context.Process(target=serve_app, args=(service, host, port), kwargs={"reuse_port": True},
+                             name=f"api-{service}-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    asked_to_stop = False
+
+    def stop(signum=None, _frame=None) -> None:
+        nonlocal asked_to_stop
+        asked_to_stop = asked_to_stop or signum is not None
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: aiohttp shuts down gracefully
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    first = wait([proc.sentinel for proc in procs])
+    stop()
+    for proc in procs:
+        proc.join(timeout=15)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    if asked_to_stop:
+        return 0
+    exited = next(proc for proc in procs if proc.sentinel in first)
+    print(f"{exited.name} exited ({exited.exitcode}); stopped the other workers", file=sys.stderr)
+    return exited.exitcode if exited.exitcode and exited.exitcode > 0 else 1
 
 
 def cmd_up(args) -> int:
@@ -142,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("service", choices=["subscriptions", "payments"])
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("BILLING_HTTP_WORKERS", "1")),
+                       help="processes sharing the port (SO_REUSEPORT, Linux/BSD); default 1 or BILLING_HTTP_WORKERS")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run the stream consumers of one service")

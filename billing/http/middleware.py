@@ -1,8 +1,8 @@
 """Middlewares: correlation id + access log, the error envelope, metrics, and JWT auth."""
 from __future__ import annotations
 
+import os
 import time
-import uuid
 
 import asyncpg
 import structlog
@@ -30,24 +30,46 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# (service, method, route, status) -> the labelled counter and histogram. .labels() validates and locks on
+# every call; the children never change, so each combination is looked up once. Bounded like the
+# metric itself (route is the route template, not the path).
+_METRIC_CHILDREN: dict[tuple[str, str, str, int], tuple] = {}
+
+
+def _metrics_for(service: str, method: str, route: str, status: int) -> tuple:
+    key = (service, method, route, status)
+    children = _METRIC_CHILDREN.get(key)
+    if children is None:
+        children = _METRIC_CHILDREN[key] = (REQUESTS.labels(service, method, route, status),
+                                            LATENCY.labels(service, method, route))
+    return children
+
+
+def _new_request_id() -> str:
+    # 32 hex digits like uuid4().hex, without building a UUID object on every request.
+    return os.urandom(16).hex()
+
+
 @web.middleware
 async def correlation(request: web.Request, handler):
     """Bind a request id (taken from the caller if given) to every log line of this request."""
-    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-    correlation_id = request.headers.get("X-Correlation-ID") or request_id
-    request["request_id"], request["correlation_id"] = request_id[:128], correlation_id[:128]
+    headers = request.headers
+    request_id = (headers.get("X-Request-ID") or _new_request_id())[:128]
+    correlation_id = (headers.get("X-Correlation-ID") or request_id)[:128]
+    request["request_id"], request["correlation_id"] = request_id, correlation_id
+    service = request.app[SERVICE]
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request["request_id"], correlation_id=request["correlation_id"],
-                                           service=request.app[SERVICE])
+    structlog.contextvars.bind_contextvars(request_id=request_id, correlation_id=correlation_id, service=service)
     started = time.perf_counter()
     response = await handler(request)
     elapsed = time.perf_counter() - started
     route = _route_name(request)
-    REQUESTS.labels(request.app[SERVICE], request.method, route, response.status).inc()
-    LATENCY.labels(request.app[SERVICE], request.method, route).observe(elapsed)
-    response.headers["X-Request-ID"] = request["request_id"]
-    response.headers["X-Correlation-ID"] = request["correlation_id"]
-    if route not in ("/metrics",):
+    requests, latency = _metrics_for(service, request.method, route, response.status)
+    requests.inc()
+    latency.observe(elapsed)
+    response.headers["X-Request-ID"] = request_id
+    response.headers["X-Correlation-ID"] = correlation_id
+    if route != "/metrics":
         log.info("request", method=request.method, path=request.path, status=response.status,
                  duration_ms=round(elapsed * 1000, 2), user_id=str(request.get("user_id") or "") or None)
     return response

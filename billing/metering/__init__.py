@@ -12,6 +12,8 @@ Keys (all under the {sub} hash tag, so the script's keys share a Redis Cluster s
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
 import uuid
@@ -22,6 +24,8 @@ from uuid import UUID
 
 import asyncpg
 import redis.asyncio as aioredis
+from hiredis import pack_command
+from redis.exceptions import NoScriptError, ResponseError
 
 from billing.commands import stream_key
 from billing.config import Settings
@@ -142,6 +146,83 @@ def usage_envelope_fields(entitlement: Entitlement, feature: str, delta: int, pe
     return fields
 
 
+class ScriptBatch:
+    """EVALSHA calls of one Lua script issued in the same event-loop iteration, sent as one pipeline.
+
+    Concurrent requests then share one Redis round trip (one write, one read, one pooled connection)
+    instead of one each. Every call is still its own EVALSHA, so each stays atomic on its own; the
+    pipeline is not a transaction, and one call's error goes to that caller only.
+    """
+
+    def __init__(self, redis: aioredis.Redis, script: str) -> None:
+        self.redis = redis
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()
+        self._pending: list[tuple[list, list, asyncio.Future]] = []
+        self._running: set[asyncio.Task] = set()  # strong references until done
+
+    def __call__(self, keys: list, args: list) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)  # after every callback already ready in this iteration
+        future = loop.create_future()
+        self._pending.append((keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _send(self, batch: list[tuple[list, list, asyncio.Future]]) -> None:
+        try:
+            results = await self._evalsha_all([(keys, args) for keys, args, _ in batch])
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:  # Redis restarted or SCRIPT FLUSH: NOSCRIPT means the call did not run
+                await self.redis.script_load(self.script)
+                again = await self._evalsha_all([batch[i][:2] for i in missing])
+                for i, result in zip(missing, again):
+                    results[i] = result
+        except BaseException as exc:  # the pipeline itself failed (e.g. connection lost): every caller sees it
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), result in zip(batch, results):
+            if future.done():  # the caller was cancelled meanwhile
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+    async def _evalsha_all(self, calls: list[tuple[list, list]]) -> list:
+        """The replies in order, an error reply as its ResponseError. What redis-py's pipeline does, minus
+        its pure-Python command packing (hiredis packs in C) and bookkeeping: a third of this path's cost."""
+        packed = b"".join([pack_command(("EVALSHA", self.sha, len(keys), *keys, *args)) for keys, args in calls])
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()
+
+        async def send_and_read() -> list:
+            await conn.send_packed_command(packed)  # both disconnect on any failure, so no reply is left unread
+            replies = []
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+
+        try:
+            # The client's retry policy, as for a single command (reconnects after e.g. a Redis restart).
+            return await conn.retry.call_with_retry(send_and_read, lambda _error: conn.disconnect())
+        finally:
+            await pool.release(conn)
+
+
 class Meter:
     """Counters and entitlements for one process (one per app, one per worker)."""
 
@@ -150,7 +231,7 @@ class Meter:
         self.pool = pool
         self.redis = redis
         self.stream = stream_key(settings.redis_prefix, "usage_sync")
-        self._use = redis.register_script(USE_SCRIPT)
+        self._use = ScriptBatch(redis, USE_SCRIPT)
         self._cache: dict[UUID, tuple[float, Entitlement | None]] = {}
 
     # --- entitlements ---------------------------------------------------------------------
@@ -234,7 +315,7 @@ class Meter:
                 *usage_envelope_fields(entitlement, feature, delta, period, now=now, correlation_id=correlation_id,
                                        event_id=event_id)]
         for _ in range(3):
-            status, current = await self._use(keys=keys, args=args)
+            status, current = await self._use(keys, args)
             if status != MISSING:
                 return UseResult(status, feature, current, limit, period.end)
             await self.seed(user_id, [feature], period, now)
