@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from billing import eventloop
 from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
 from billing.consumers.deps import Deps, retry_policy
@@ -119,4 +120,4 @@ def main(settings: Settings, service: str, index: int = 0, metrics_port: int | N
                 loop.add_signal_handler(sig, stop.set)
         await run_worker(settings, service, index=index, stop=stop, metrics_port=metrics_port)
 
-    asyncio.run(_main())
+    eventloop.run(_main())
