@@ -359,6 +359,19 @@ async def test_graceful_stop_waits_for_handlers_and_leaves_the_rest_pending(redi
     assert json.loads(fields["payload"])["n"] == 2
 
 
+async def test_a_handler_publishes_with_the_message_correlation_id(redis, prefix):
+    stream, follow_up = prefix + "corr", prefix + "corr:next"
+
+    async def handler(envelope, payload):
+        await Publisher(redis).publish(follow_up, "job", Job(n=payload.n + 1))  # no correlation_id passed
+
+    first = await Publisher(redis).publish(stream, "job", Job(n=1), correlation_id="chain-7")
+    async with running(make_consumer(redis, stream, job_router(handler))):
+        await eventually(lambda: _xlen_is(redis, follow_up, 1))
+    [(_, fields)] = await redis.xrange(follow_up)
+    assert fields["correlation_id"] == first.correlation_id == "chain-7" and fields["id"] != first.id
+
+
 # --- (g) outbox ------------------------------------------------------------------------------------
 
 
