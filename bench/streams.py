@@ -1,6 +1,6 @@
 """Noop throughput of the streams runtime against a raw XREADGROUP+XACK loop and Dramatiq.
 
-    python bench/streams.py [--messages 20000] [--redis-url redis://127.0.0.1:6379/0]
+    python bench/streams.py [--messages 20000] [--redis-url redis://127.0.0.1:6379/0] [--asyncio-loop]
 
 All three consume the same number of pre-published noop messages from the same Redis in this
 run (publishing is not timed); keys live under a unique prefix and are deleted afterwards.
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from billing import eventloop  # noqa: E402
 from billing.streams import Consumer, Envelope, RetryPolicy, Router  # noqa: E402
 
 GROUP = "bench"
@@ -123,6 +124,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="raw and ours alternate; the best round counts")
     parser.add_argument("--dramatiq-messages", type=int, default=5_000, help="Dramatiq is slow; fewer keep it short")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--asyncio-loop", action="store_true", help="asyncio's own loop instead of uvloop (as `billing worker` runs)")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.getLogger("dramatiq").setLevel(logging.WARNING)
@@ -143,7 +145,8 @@ async def main() -> None:
         await redis.aclose()
     leftovers = syncredis.Redis.from_url(args.redis_url).keys(f"{prefix}*")
     best_raw, best_mine = max(raw), max(mine)
-    print(f"messages: {args.messages} x {args.rounds} rounds (dramatiq {args.dramatiq_messages}), batch {BATCH}, concurrency 64")
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"messages: {args.messages} x {args.rounds} rounds (dramatiq {args.dramatiq_messages}), batch {BATCH}, concurrency 64, loop {loop}")
     print(f"raw XREADGROUP+XACK : {best_raw:9.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in raw)})")
     print(f"billing.streams     : {best_mine:9.0f} msg/s  (rounds: {', '.join(f'{r:.0f}' for r in mine)})")
     print(f"dramatiq RedisBroker: {drama:9.0f} msg/s")
@@ -153,4 +156,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--asyncio-loop" in sys.argv:
+        asyncio.run(main())
+    else:
+        eventloop.run(main())

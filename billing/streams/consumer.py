@@ -8,6 +8,7 @@ their effect exactly once with the inbox (see inbox.py).
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from itertools import chain
@@ -99,8 +100,13 @@ class Consumer:
         self.dependencies_up = dependencies_up
         self.log = log.bind(stream=stream, group=group, consumer=name)
         self._move_due = redis.register_script(MOVE_DUE)
-        # `concurrency` worker coroutines take delivered entries from this queue (cheaper than a task each).
-        self._queue: asyncio.Queue[tuple[str, Mapping[str, str], int | None]] = asyncio.Queue(self.batch)
+        # `concurrency` worker coroutines take delivered entries from this backlog (cheaper than a task
+        # each); the readers add a batch only once the previous one is taken, so at most `batch` wait.
+        self._backlog: deque[tuple[str, Mapping[str, str], int | None]] = deque()
+        self._parked: deque[asyncio.Future[None]] = deque()  # idle workers waiting for entries
+        self._waking = False  # a parked worker was woken and has not run yet
+        self._taken = asyncio.Event()  # the backlog became empty
+        self._settled = asyncio.Event()  # nothing in flight
         self._inflight: dict[str, float] = {}  # message id -> monotonic time of delivery or last lease renewal
         self._acks: list[str] = []
         self._ack_wanted = asyncio.Event()
@@ -153,7 +159,7 @@ class Consumer:
 
     async def _drain(self) -> None:
         try:
-            await asyncio.wait_for(self._queue.join(), self.shutdown_timeout)
+            await asyncio.wait_for(self._until_settled(), self.shutdown_timeout)
         except TimeoutError:
             self.log.warning("handlers still running at shutdown stay pending", count=len(self._inflight))
         await self._flush_acks()
@@ -200,8 +206,7 @@ class Consumer:
             self._read_from = entries[-1][0]
             self.log.info("rereading own pending entries", count=len(entries))
             deliveries = await self._deliveries([msg_id for msg_id, _ in entries])
-        for msg_id, fields in entries:
-            await self._start(msg_id, fields, deliveries.get(msg_id))
+        await self._start(entries, deliveries)
         return True
 
     async def _claim_once(self) -> bool:
@@ -218,8 +223,7 @@ class Consumer:
         if claimed:
             self.log.info("claimed idle entries", count=len(claimed))
             deliveries = await self._deliveries([msg_id for msg_id, _ in claimed])
-            for msg_id, fields in claimed:
-                await self._start(msg_id, fields, deliveries.get(msg_id))
+            await self._start(claimed, deliveries)
         return self._claim_cursor != "0-0"  # "0-0": wrapped around, wait before the next pass
 
     async def _renew_once(self) -> bool:
@@ -258,27 +262,77 @@ class Consumer:
             replies = await pipe.execute()
         return {r[0]["message_id"]: r[0]["times_delivered"] for r in replies if r}
 
-    async def _start(self, msg_id: str, fields: Mapping[str, str] | None, deliveries: int | None) -> None:
-        if not fields:  # deleted (trimmed) while pending: nothing left to run
-            self._ack(msg_id)
+    async def _start(self, entries: list[tuple[str, Mapping[str, str] | None]], deliveries: dict[str, int]) -> None:
+        """Hand entries to the workers once the previous batch is taken (so the next XREADGROUP
+        overlaps with this batch's handlers); they count as in flight (lease renewed) from now."""
+        now = time.monotonic()
+        batch = []
+        for msg_id, fields in entries:
+            if not fields:  # deleted (trimmed) while pending: nothing left to run
+                self._ack(msg_id)
+            elif msg_id not in self._inflight:
+                self._inflight[msg_id] = now
+                batch.append((msg_id, fields, deliveries.get(msg_id)))
+        if not batch:
             return
-        if msg_id in self._inflight:
-            return
-        self._inflight[msg_id] = time.monotonic()
-        await self._queue.put((msg_id, fields, deliveries))  # waits while all workers are busy
+        self._settled.clear()
+        try:
+            await self._until_taken()
+        except asyncio.CancelledError:  # stopping: they stay pending and are read again later
+            for msg_id, _, _ in batch:
+                self._inflight.pop(msg_id, None)
+            if not self._inflight:
+                self._settled.set()
+            raise
+        self._backlog.extend(batch)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        """Wake one parked worker, unless one is already on its way. A woken worker wakes the next
+        one only if entries remain when it takes one, so a batch of handlers that never wait costs
+        one wake-up instead of one per message, and handlers that wait still run concurrently."""
+        while not self._waking and self._parked:
+            parked = self._parked.popleft()
+            if not parked.done():
+                parked.set_result(None)
+                self._waking = True
+
+    async def _until_taken(self) -> None:
+        while self._backlog:
+            self._taken.clear()
+            await self._taken.wait()
+
+    async def _until_settled(self) -> None:
+        while self._inflight:
+            await self._settled.wait()
 
     async def _work(self) -> None:
         structlog.contextvars.bind_contextvars(stream=self.stream)  # this worker task's own context
+        loop = asyncio.get_running_loop()
+        backlog, inflight = self._backlog, self._inflight
         while True:
-            msg_id, fields, deliveries = await self._queue.get()
+            if not backlog:
+                parked = loop.create_future()
+                self._parked.append(parked)
+                try:
+                    await parked
+                finally:
+                    self._waking = False
+                continue
+            msg_id, fields, deliveries = backlog.popleft()
+            if backlog:
+                self._wake_one()  # a peer takes the next entry if this handler waits
+            else:
+                self._taken.set()
             try:
                 await self._process(msg_id, fields, deliveries)
             except Exception:
                 # e.g. Redis unreachable while dead-lettering: the entry stays pending and is claimed again.
                 self.log.exception("message left pending", message_id=msg_id)
             finally:
-                self._inflight.pop(msg_id, None)
-                self._queue.task_done()
+                inflight.pop(msg_id, None)
+                if not inflight:
+                    self._settled.set()
 
     async def _process(self, msg_id: str, fields: Mapping[str, str], deliveries: int | None) -> None:
         # Bound in the worker's context, so they reach the handler's log lines too. The same keys

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import structlog
 from pydantic import AwareDatetime, BaseModel, Field, Json
 
 
@@ -15,6 +16,10 @@ def _new_id() -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _bound_correlation_id() -> str | None:
+    return structlog.contextvars.get_contextvars().get("correlation_id")
 
 
 class Envelope(BaseModel):
@@ -40,7 +45,11 @@ class Envelope(BaseModel):
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> "Envelope":
-        """A new envelope; the payload is validated against `models[action]` when known."""
+        """A new envelope; the payload is validated against `models[action]` when known.
+
+        `correlation_id` defaults to the one bound in structlog's contextvars (per HTTP request
+        by the middleware, per message by the Consumer), so follow-up commands carry the
+        caller's; else to the new envelope's own id."""
         model = (models or {}).get(action)
         if model is not None:
             data = payload.model_dump() if isinstance(payload, BaseModel) else payload
@@ -51,7 +60,7 @@ class Envelope(BaseModel):
         return cls(
             id=envelope_id,
             action=action,
-            correlation_id=correlation_id or envelope_id,
+            correlation_id=correlation_id or _bound_correlation_id() or envelope_id,
             idempotency_key=idempotency_key,
             max_attempts=max_attempts,
             payload=dict(payload),

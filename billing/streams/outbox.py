@@ -42,13 +42,21 @@ async def enqueue(
         idempotency_key=idempotency_key,
         max_attempts=max_attempts,
     )
+    # Sent as text and cast in SQL: a jsonb parameter would go through the pool's json codec (if
+    # it has one) and store the already dumped text as a JSON string instead of an object.
     await conn.execute(
-        "INSERT INTO outbox (stream, action, fields) VALUES ($1, $2, $3::jsonb)",
+        "INSERT INTO outbox (stream, action, fields) VALUES ($1, $2, $3::text::jsonb)",
         stream,
         action,
         json.dumps(envelope.to_fields()),
     )
     return envelope
+
+
+def _decode_fields(text: str) -> dict[str, str]:
+    """The envelope fields of an outbox row read as text; rows written before the fix hold them as a JSON string."""
+    fields = json.loads(text)
+    return json.loads(fields) if isinstance(fields, str) else fields
 
 
 class OutboxRelay:
@@ -61,13 +69,13 @@ class OutboxRelay:
         async with self.pool.acquire() as conn, conn.transaction():
             # SKIP LOCKED: concurrent relays take disjoint rows instead of publishing the same ones.
             rows = await conn.fetch(
-                "SELECT id, stream, fields FROM outbox WHERE published_at IS NULL"
+                "SELECT id, stream, fields::text AS fields FROM outbox WHERE published_at IS NULL"
                 " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
                 batch,
             )
             if not rows:
                 return 0
-            await self.publisher.publish_many((row["stream"], json.loads(row["fields"])) for row in rows)
+            await self.publisher.publish_many((row["stream"], _decode_fields(row["fields"])) for row in rows)
             await conn.execute(
                 "UPDATE outbox SET published_at = now() WHERE id = any($1::bigint[])",
                 [row["id"] for row in rows],

@@ -35,6 +35,7 @@ from billing.streams import (
     enqueue,
     metrics,
 )
+import billing.sql as billing_sql
 from billing.streams.cli import main as cli
 from billing.streams.sql import DDL
 
@@ -359,6 +360,19 @@ async def test_graceful_stop_waits_for_handlers_and_leaves_the_rest_pending(redi
     assert json.loads(fields["payload"])["n"] == 2
 
 
+async def test_a_handler_publishes_with_the_message_correlation_id(redis, prefix):
+    stream, follow_up = prefix + "corr", prefix + "corr:next"
+
+    async def handler(envelope, payload):
+        await Publisher(redis).publish(follow_up, "job", Job(n=payload.n + 1))  # no correlation_id passed
+
+    first = await Publisher(redis).publish(stream, "job", Job(n=1), correlation_id="chain-7")
+    async with running(make_consumer(redis, stream, job_router(handler))):
+        await eventually(lambda: _xlen_is(redis, follow_up, 1))
+    [(_, fields)] = await redis.xrange(follow_up)
+    assert fields["correlation_id"] == first.correlation_id == "chain-7" and fields["id"] != first.id
+
+
 # --- (g) outbox ------------------------------------------------------------------------------------
 
 
@@ -390,6 +404,28 @@ async def test_outbox_relays_committed_rows_only(redis, prefix, pg):
 
 async def _xlen_is(redis, stream, n) -> bool:
     return await redis.xlen(stream) == n
+
+
+@pytest.mark.parametrize("json_codec", [False, True], ids=["plain pool", "pool with the app's json codec"])
+async def test_outbox_rows_hold_a_jsonb_object_and_old_string_rows_still_relay(redis, prefix, pg, json_codec):
+    stream = prefix + "outbox-json"
+    init = billing_sql._init_connection if json_codec else None
+    pool = await asyncpg.create_pool(PG_DSN, min_size=1, max_size=1, init=init, server_settings={"search_path": pg.schema})
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            new = await enqueue(conn, stream, "effect", Effect(n=1))
+            # A row as enqueue wrote it before the fix (through a json codec): the fields as a JSON string.
+            old = Envelope.build("effect", Effect(n=2))
+            await conn.execute("INSERT INTO outbox (stream, action, fields) VALUES ($1, 'effect', to_jsonb($2::text))",
+                               stream, json.dumps(old.to_fields()))
+        kind, payload = await pool.fetchrow(
+            "SELECT jsonb_typeof(fields), fields->>'payload' FROM outbox WHERE fields->>'id' = $1", new.id)
+        assert kind == "object" and json.loads(payload) == {"n": 1}
+        assert await OutboxRelay(pool, redis).relay_once() == 2
+    finally:
+        await pool.close()
+    relayed = [Envelope.from_fields(fields) for _, fields in await redis.xrange(stream)]
+    assert [(e.id, e.payload) for e in relayed] == [(new.id, {"n": 1}), (old.id, {"n": 2})]
 
 
 async def test_two_relays_never_publish_a_row_twice(redis, prefix, pg):

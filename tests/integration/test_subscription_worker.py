@@ -187,7 +187,7 @@ async def test_upgrade_enqueues_the_prorated_charge_once(deps, pool, settings):
     await route.handler(envelope, payload)  # redelivered
     rows = await pool.fetch("SELECT stream, action, fields FROM outbox")
     assert len(rows) == 1 and rows[0]["stream"] == stream_key(settings.redis_prefix, "payment_initiation")
-    charge = ChargeSubscription.model_validate(json.loads(json.loads(rows[0]["fields"])["payload"]))
+    charge = ChargeSubscription.model_validate(json.loads(rows[0]["fields"]["payload"]))
     assert charge.amount == Decimal("10.00") and charge.reason == "upgrade" and charge.plan_id == pro
     assert charge.charge_key == f"upgrade:{sub['id']}:{envelope.id}"
     assert (await state(pool, sub))["plan_id"] == sub["plan_id"]  # switched only once paid
@@ -279,11 +279,11 @@ async def test_active_upgrade_journey_through_the_outbox(sub_client, deps, pool)
     net = Decimal((await resp.json())["data"]["change"]["net"])
     # the worker takes the command from the outbox
     row = await pool.fetchrow("SELECT fields FROM outbox WHERE action = 'request_plan_change'")
-    envelope = Envelope.from_fields(json.loads(row["fields"]))
+    envelope = Envelope.from_fields(row["fields"])
     route, payload = build_routers(deps)["plan_change"].resolve(envelope)
     await route.handler(envelope, payload)
     row = await pool.fetchrow("SELECT fields FROM outbox WHERE action = 'charge_subscription'")
-    charge = ChargeSubscription.model_validate(Envelope.from_fields(json.loads(row["fields"])).payload)
+    charge = ChargeSubscription.model_validate(Envelope.from_fields(row["fields"]).payload)
     assert charge.amount == net > 0
     await deliver(deps, "subscription_update", "payment_outcome",
                   outcome(sub, amount=charge.amount, reason="upgrade", plan_id=charge.plan_id, charge_key=charge.charge_key))

@@ -194,7 +194,7 @@ async def test_upgrade_preview_and_queued_command(sub_client, pool, redis, setti
     assert body["data"]["subscription"]["plan"]["slug"] == "basic"  # nothing changes until paid
     row = await pool.fetchrow("SELECT stream, action, fields FROM outbox")
     assert row["stream"] == stream_key(settings.redis_prefix, "plan_change") and row["action"] == "request_plan_change"
-    command = RequestPlanChange.model_validate(json.loads(json.loads(row["fields"])["payload"]))
+    command = RequestPlanChange.model_validate(json.loads(row["fields"]["payload"]))
     assert command.subscription_id == uuid.UUID(sub["id"]) and command.user_id == uuid.UUID(user["user"]["id"])
     events = (await call(sub_client, "GET", f"{path}/events", user))[1]["data"]
     assert events[-1]["event_type"] == "plan_change_requested" and events[-1]["data"]["net"] == "10.00"

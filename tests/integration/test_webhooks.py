@@ -126,7 +126,7 @@ async def test_emit_queues_one_delivery_per_matching_endpoint_only_on_commit(sub
         rows = await conn.fetch("SELECT stream, action, fields FROM outbox ORDER BY id")
 
     assert all(r["stream"] == stream and r["action"] == DELIVER_ACTION for r in rows)
-    payloads = [json.loads(json.loads(r["fields"])["payload"]) for r in rows]
+    payloads = [json.loads(r["fields"]["payload"]) for r in rows]
     first = [p for p in payloads if p["event_id"] == str(event_id)]
     assert {p["endpoint_id"] for p in first} == {everything["id"], failed_only["id"]}
     assert first[0]["payload"] == {"amount": "9.99"}
@@ -139,7 +139,7 @@ async def _event_for(sub_client, user, endpoint, pool, settings, event_type="sub
         event_id = await emit(conn, prefix=settings.redis_prefix, user_id=UUID(user["user"]["id"]),
                               event_type=event_type, data={"subscription": {"id": "s1"}}, occurred_at=datetime.now(UTC))
         rows = await conn.fetch("SELECT fields FROM outbox ORDER BY id")
-    envelopes = [Envelope.from_fields(json.loads(r["fields"])) for r in rows]
+    envelopes = [Envelope.from_fields(r["fields"]) for r in rows]
     return next(e for e in envelopes if e.payload["event_id"] == str(event_id) and e.payload["endpoint_id"] == endpoint["id"])
 
 
