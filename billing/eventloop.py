@@ -6,7 +6,9 @@ uvloop's C transports roughly halve the per-request cost of socket reads/writes 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Coroutine, TypeVar
+import signal
+from contextlib import suppress
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 try:
     import uvloop
@@ -24,3 +26,16 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """asyncio.run() on a loop from new_event_loop()."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main)
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a long-lived process: `main(stop)` is told to stop gracefully on SIGINT or SIGTERM."""
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with suppress(NotImplementedError):  # platforms without signal handlers in the loop
+                loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    run(_main())

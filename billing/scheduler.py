@@ -40,6 +40,7 @@ import asyncpg
 import redis.asyncio as aioredis
 import structlog
 
+from billing import eventloop
 from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.commands import CHARGE_SUBSCRIPTION, ChargeSubscription
 from billing.config import Settings
@@ -319,14 +320,4 @@ async def run_scheduler(settings: Settings, *, clock: Clock | None = None, stop:
 
 
 def main(settings: Settings) -> None:
-    import signal
-
-    async def _main():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await run_scheduler(settings, stop=stop)
-
-    asyncio.run(_main())
+    eventloop.run_until_signalled(lambda stop: run_scheduler(settings, stop=stop))

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import signal
 import socket
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 
 import redis.asyncio as aioredis
 import structlog
@@ -112,12 +111,5 @@ async def _metrics(_request: web.Request) -> web.Response:
 
 
 def main(settings: Settings, service: str, index: int = 0, metrics_port: int | None = None) -> None:
-    async def _main():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await run_worker(settings, service, index=index, stop=stop, metrics_port=metrics_port)
-
-    eventloop.run(_main())  # uvloop where available
+    eventloop.run_until_signalled(
+        lambda stop: run_worker(settings, service, index=index, stop=stop, metrics_port=metrics_port))
