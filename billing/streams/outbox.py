@@ -6,6 +6,7 @@ the consumers' inbox turns into a no-op: effects happen once.
 """
 
 import asyncio
+from contextlib import suppress
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +19,8 @@ from redis.exceptions import RedisError
 
 from .envelope import Envelope
 from .publisher import Publisher
+
+NOTIFY_CHANNEL = "streams_outbox"  # the outbox trigger's channel (see billing.streams.sql)
 
 log = structlog.get_logger("billing.streams.outbox")
 
@@ -82,15 +85,60 @@ class OutboxRelay:
             )
         return len(rows)
 
-    async def run(self, stop: asyncio.Event, interval: float = 0.2, batch: int = 100) -> None:
-        while not stop.is_set():
-            try:
-                published = await self.relay_once(batch)
-            except (OSError, asyncpg.PostgresError, RedisError):
-                log.exception("outbox relay failed; retrying")
-                published = 0
-            if published < batch:  # caught up: wait for new rows
+    async def run(self, stop: asyncio.Event, interval: float = 1.0, batch: int = 100) -> None:
+        """Relay rows as soon as their transaction commits (the outbox trigger NOTIFYs, and PostgreSQL
+        delivers a notification only at commit), and every `interval` seconds in any case: the poll
+        covers a listening connection lost in an outage until it is listening again."""
+        wake = asyncio.Event()
+
+        def on_notify(*_) -> None:
+            wake.set()
+
+        listener: asyncpg.Connection | None = None
+        try:
+            while not stop.is_set():
+                if not _listening(listener):
+                    listener = await self._listen(on_notify)
+                wake.clear()
                 try:
-                    await asyncio.wait_for(stop.wait(), interval)
-                except TimeoutError:
-                    pass
+                    published = await self.relay_once(batch)
+                except (OSError, asyncpg.PostgresError, RedisError):
+                    log.exception("outbox relay failed; retrying")
+                    published = 0
+                if published < batch:  # caught up: wait for a commit, the poll interval or stop
+                    await _first_of(stop, wake, timeout=interval)
+        finally:
+            if _listening(listener):
+                with suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    await listener.remove_listener(NOTIFY_CHANNEL, on_notify)
+                    await self.pool.release(listener)
+
+    async def _listen(self, on_notify) -> asyncpg.Connection | None:
+        try:
+            conn = await self.pool.acquire(timeout=2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return None  # PostgreSQL is down: poll until it is back
+        try:
+            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            with suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await self.pool.release(conn)
+            return None
+        return conn
+
+
+def _listening(conn: asyncpg.Connection | None) -> bool:
+    """Whether the listening connection still works; the pool detaches it when PostgreSQL goes away."""
+    try:
+        return conn is not None and not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

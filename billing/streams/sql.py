@@ -16,4 +16,14 @@ CREATE TABLE outbox (
     published_at timestamptz
 );
 CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+
+-- Wakes outbox relays as soon as a transaction that wrote outbox rows commits (PostgreSQL delivers
+-- notifications only at commit, and one per transaction for the same payload).
+CREATE FUNCTION outbox_notify() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('streams_outbox', '');
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 """

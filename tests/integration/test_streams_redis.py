@@ -402,6 +402,23 @@ async def test_outbox_relays_committed_rows_only(redis, prefix, pg):
     await task
 
 
+async def test_the_relay_wakes_on_commit_long_before_its_poll_interval(redis, prefix, pg):
+    stream = prefix + "outbox-notify"
+    relay, stop = OutboxRelay(pg.pool, redis), asyncio.Event()
+    task = asyncio.create_task(relay.run(stop, interval=30))  # only the NOTIFY can wake it in time
+    await asyncio.sleep(0.2)  # listening
+    latencies = []
+    for n in range(5):
+        async with pg.pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, stream, "effect", {"n": n})
+        committed = asyncio.get_running_loop().time()
+        await eventually(lambda: _xlen_is(redis, stream, n + 1))
+        latencies.append(asyncio.get_running_loop().time() - committed)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert max(latencies) < 1.0, latencies
+
+
 async def _xlen_is(redis, stream, n) -> bool:
     return await redis.xlen(stream) == n
 
