@@ -259,3 +259,18 @@ async def test_failure_during_an_outage_does_not_use_up_an_attempt(redis):
     flat = json.loads(member)
     retry = Envelope.from_fields(dict(zip(flat[::2], flat[1::2])))
     assert retry.attempts == 2 and retry.last_error == "ConnectionRefusedError: database unreachable"
+
+
+def test_the_apps_migrations_carry_the_runtimes_ddl_unchanged():
+    """billing/streams ships its own DDL (it is generic); the app's numbered migrations repeat it."""
+    import re
+
+    from billing.sql import migration_files
+    from billing.streams.sql import DDL
+
+    def statements(sql: str) -> set[str]:
+        without_comments = re.sub(r"--[^\n]*", "", sql)
+        return {" ".join(s.split()) for s in re.split(r";\s*\n", without_comments) if s.strip()}
+
+    migrations = set().union(*(statements(sql) for _, _, sql in migration_files()))
+    assert statements(DDL) <= migrations
