@@ -71,6 +71,7 @@ class Settings(BaseSettings):
     stream_jitter: float = 10.0
     stream_lease: float = 120.0
     stream_maxlen: int = 100_000
+    stream_bookkeeping_retention_days: int = Field(30, ge=1)  # published outbox rows and inbox rows kept this long
 
     # Usage metering.
     usage_entitlement_cache_seconds: float = Field(5.0, ge=0)  # how long a user's plan limits are cached in-process

@@ -77,6 +77,7 @@ class TickReport:
     pending_expired: int = 0
     unanswered_charges_failed: int = 0
     idempotency_keys_deleted: int = 0
+    stream_bookkeeping_deleted: int = 0
     usage_keys_deleted: int = 0
     failed: list[UUID] = field(default_factory=list)
 
@@ -102,6 +103,8 @@ async def tick(deps: Deps, now: datetime) -> TickReport:
                  lambda conn, row: _charge_unanswered(deps, conn, row, now))
     async with deps.pool.acquire() as conn:
         report.idempotency_keys_deleted = await due.delete_expired_idempotency_keys(conn, now)
+        retention = timedelta(days=deps.settings.stream_bookkeeping_retention_days)
+        report.stream_bookkeeping_deleted = await due.delete_old_stream_bookkeeping(conn, now - retention)
     report.usage_keys_deleted = await reset_usage(deps, now)
     log.info("tick", now=now.isoformat(), **{k: v for k, v in vars(report).items() if v and k != "failed"},
              failed=len(report.failed))

@@ -85,6 +85,14 @@ async def delete_expired_idempotency_keys(conn: asyncpg.Connection, now: datetim
     return int(result.split()[-1])
 
 
+async def delete_old_stream_bookkeeping(conn: asyncpg.Connection, before: datetime) -> int:
+    """Published outbox rows and inbox rows older than the retention: the streams are trimmed and leases
+    last minutes, so no message can be redelivered (or republished) that late."""
+    published = await conn.execute("DELETE FROM outbox WHERE published_at < $1", before)
+    consumed = await conn.execute("DELETE FROM inbox WHERE processed_at < $1", before)
+    return int(published.split()[-1]) + int(consumed.split()[-1])
+
+
 async def lock_unanswered_charges(conn: asyncpg.Connection, created_before: datetime, limit: int,
                                   skip: Sequence[UUID]) -> list[asyncpg.Record]:
     """Charges still pending (the gateway never answered) long after they were made."""

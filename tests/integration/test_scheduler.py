@@ -283,3 +283,14 @@ async def test_a_charge_the_gateway_never_answered_is_failed_after_the_timeout(d
     assert (outcome.transaction_id, outcome.status, outcome.decline_code, outcome.charge_key) == (
         old, "failed", "gateway_timeout", "renewal:a")
     assert (await tick(deps, frozen.now())).unanswered_charges_failed == 0  # once
+
+
+async def test_old_outbox_and_inbox_rows_are_deleted(deps, pool, frozen):
+    old, recent = T0 - timedelta(days=31), T0 - timedelta(days=1)
+    for at in (old, recent):
+        await pool.execute("INSERT INTO outbox (stream, action, fields, published_at) VALUES ('s', 'a', '{}', $1)", at)
+        await pool.execute("INSERT INTO inbox (consumer, message_id, processed_at) VALUES ('c', $1, $2)", str(at), at)
+    await pool.execute("INSERT INTO outbox (stream, action, fields) VALUES ('s', 'a', '{}')")  # not published yet
+    assert (await tick(deps, frozen.now())).stream_bookkeeping_deleted == 2
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 2
+    assert await pool.fetchval("SELECT count(*) FROM inbox") == 1
