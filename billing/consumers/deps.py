@@ -1,8 +1,8 @@
 """What every actor needs, built once per worker process and handed to the router builders."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import asyncpg
@@ -22,6 +22,8 @@ class Deps:
     redis: aioredis.Redis
     clock: Clock
     http: aiohttp.ClientSession | None = None  # one outgoing HTTP session per worker (webhook delivery)
+    # What actors opened for themselves (e.g. a client session) and the worker closes when it stops.
+    on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def stream(self, family: str) -> str:
         return stream_key(self.settings.redis_prefix, family)

@@ -72,6 +72,7 @@ class GatewayWebhookSender:
 
 def build_routers(deps: Deps) -> dict[str, Router]:
     sender = GatewayWebhookSender(deps)
+    deps.on_shutdown.append(sender.close)
     router = Router()
     router.register(DELIVER_GATEWAY_WEBHOOK, GatewayWebhook, sender.deliver)
     return {"gateway_webhook": router}

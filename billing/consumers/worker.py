@@ -78,11 +78,14 @@ async def run_worker(settings: Settings, service: str, *, index: int = 0, clock:
                 await conn.fetchval("SELECT 1")
             await redis.ping()
 
+        routers = build_routers(service, deps)
+        for close in deps.on_shutdown:
+            resources.push_async_callback(close)
         consumers = [
             Consumer(redis, deps.stream(family), group=f"billing-{service}", name=consumer_name(service, index),
                      router=router, policy=policies.get(family, policy), concurrency=router.concurrency or concurrency,
                      maxlen=settings.stream_maxlen, dependencies_up=dependencies_up)
-            for family, router in build_routers(service, deps).items()
+            for family, router in routers.items()
         ]
         metrics = await serve_metrics(settings.host, metrics_port or settings.worker_metrics_port)
         if metrics is not None:

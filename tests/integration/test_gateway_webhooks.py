@@ -109,6 +109,7 @@ async def test_the_consumer_retries_until_delivered_and_dead_letters_refusals(se
     deps = Deps(settings=settings.model_copy(update={"gateway_webhook_url": receiver.url}), pool=pool,
                 redis=redis, clock=clock)
     router = build_routers(deps)["gateway_webhook"]
+    assert len(deps.on_shutdown) == 1  # the worker closes the sender's session when it stops
     receiver.statuses = [503, 503]  # then 200
     await deps.publish("gateway_webhook", DELIVER_GATEWAY_WEBHOOK, message()[1])
     stream = deps.stream("gateway_webhook")
@@ -133,4 +134,5 @@ async def test_the_consumer_retries_until_delivered_and_dead_letters_refusals(se
     finally:
         stop.set()
         await task
-        await router.routes[DELIVER_GATEWAY_WEBHOOK].handler.__self__.close()
+        for close in deps.on_shutdown:
+            await close()
