@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int | None = Field(None, ge=1, le=65535)
 
     # Where the mock gateway's signed payment webhooks go (POST /v1/webhooks/payment on 8001).
-    gateway_webhook_url: str = "http://127.0.0.1:8001/v1/webhooks/payment"
+    gateway_webhook_url: str | None = None  # default: this deployment's subscriptions port (gateway_webhook_target)
     gateway_webhook_timeout_seconds: float = Field(10.0, gt=0)
 
     log_level: str = "INFO"
@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     @property
     def webhook_private_urls_allowed(self) -> bool:
         return self.environment == "development" or self.webhook_allow_private_urls
+
+    @property
+    def gateway_webhook_target(self) -> str:
+        """Where the mock gateway's webhooks go: set explicitly, or this deployment's subscriptions API."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return self.gateway_webhook_url or f"http://{host}:{self.subscription_port}/v1/webhooks/payment"
 
     def key(self, *parts: str) -> str:
         """A Redis key under this deployment's prefix (tests get their own prefix)."""

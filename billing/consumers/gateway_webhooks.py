@@ -1,5 +1,5 @@
 """The mock gateway's webhook sender: POST each signed payment notification to the subscriptions
-service (settings.gateway_webhook_url), retried with the runtime's backoff until it is accepted.
+service (settings.gateway_webhook_target), retried with the runtime's backoff until it is accepted.
 
 2xx: delivered. Connection errors, timeouts, 5xx, 408 and 429: raise, the runtime retries.
 Any other 4xx: the receiver refuses this body for good, so PermanentError (dead letter).
@@ -57,7 +57,7 @@ class GatewayWebhookSender:
             "User-Agent": "billing-mock-gateway/1",
         }
         try:
-            async with self.session().post(settings.gateway_webhook_url, data=body, headers=headers) as resp:
+            async with self.session().post(settings.gateway_webhook_target, data=body, headers=headers) as resp:
                 status = resp.status
                 text = (await resp.text())[:500]
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -54,3 +54,11 @@ def test_invalid_values_are_refused():
         Settings(_env_file=None, environment="moon")
     with pytest.raises(ValidationError):
         Settings(_env_file=None, database_schema="bad;drop")
+
+
+def test_gateway_webhooks_follow_the_subscriptions_port_unless_set():
+    assert Settings(_env_file=None, subscription_port=9001).gateway_webhook_target == \
+        "http://127.0.0.1:9001/v1/webhooks/payment"
+    assert Settings(_env_file=None, host="0.0.0.0").gateway_webhook_target.startswith("http://127.0.0.1:8001/")
+    assert Settings(_env_file=None, gateway_webhook_url="http://hooks.internal/x").gateway_webhook_target == \
+        "http://hooks.internal/x"
