@@ -69,7 +69,10 @@ def test_billing_up_runs_everything_on_embedded_servers_and_ctrl_c_stops_it(tmp_
         gone, alive = psutil.wait_procs(processes, timeout=15)
         assert not alive, [" ".join(p.cmdline()) for p in alive]
     finally:
-        if up.poll() is None:
+        if up.poll() is None:  # the test failed half way: kill what billing up started (honcho gives
+            # each child its own session, so killing billing up's group alone would orphan them)
+            for child in psutil.Process(up.pid).children(recursive=True):
+                child.kill()
             os.killpg(up.pid, signal.SIGKILL)
         for proc in _embedded_servers(tmp_path / "data"):  # never leave an embedded server behind
             proc.kill()
