@@ -5,6 +5,8 @@ import logging
 import sys
 
 import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 _SENSITIVE = ("password", "password_hash", "card_number", "cvv", "token", "authorization", "secret")
 
@@ -36,3 +38,8 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
 
 
 log = structlog.get_logger("billing")
+
+
+async def metrics_handler(_request: web.Request) -> web.Response:
+    """Prometheus /metrics of this process (the APIs and each worker serve it)."""
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

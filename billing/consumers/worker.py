@@ -13,11 +13,11 @@ from contextlib import AsyncExitStack
 import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from billing import eventloop
 from billing.clock import Clock, clock_for, start_clock, stop_clock
 from billing.config import Settings
+from billing.observability import metrics_handler
 from billing.consumers.deps import Deps, retry_policy
 from billing.consumers.webhooks import http_session
 from billing.sql import pool_for
@@ -101,16 +101,12 @@ async def serve_metrics(host: str, port: int | None) -> web.AppRunner | None:
     if not port:
         return None
     app = web.Application()
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/metrics", metrics_handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("worker metrics", url=f"http://{host}:{port}/metrics")
     return runner
-
-
-async def _metrics(_request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def main(settings: Settings, service: str, index: int = 0, metrics_port: int | None = None) -> None:

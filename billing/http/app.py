@@ -14,6 +14,7 @@ from billing.http.docs import setup_docs
 from billing.http.api import OPERATIONS
 from billing.http.context import CLOCK, POOL, REDIS, SERVICE, SETTINGS
 from billing.http.middleware import MIDDLEWARES
+from billing.observability import metrics_handler
 from billing.sql import pool_for
 
 Service = Literal["subscriptions", "payments"]
@@ -41,7 +42,7 @@ async def _resources(app: web.Application):
 def setup_routes(app: web.Application, service: Service) -> None:
     for routes in SERVICE_ROUTES[service]:
         routes.register(app)
-    app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/metrics", metrics_handler)
     setup_docs(app)
 
 

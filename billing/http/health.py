@@ -5,11 +5,10 @@ import asyncio
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import ResponseError
 
 from billing import __version__
 from billing.commands import all_stream_keys
+from billing.streams import admin
 from billing.http.api import Reply, Routes
 from billing.http.context import POOL, REDIS, SERVICE, SETTINGS
 from billing.http.envelope import error_body, json_response
@@ -34,17 +33,11 @@ async def _timed(check) -> dict:
 async def stream_depths(redis, prefix: str) -> dict:
     depths = {}
     for key in all_stream_keys(prefix):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(key).zcard(f"{key}:delayed").xlen(f"{key}:dead")
-            length, delayed, dead = await pipe.execute()
-        try:
-            groups = await redis.xinfo_groups(key)
-        except ResponseError:  # the stream does not exist yet
-            groups = []
+        row = await admin.stream_info(redis, key)
         depths[key] = {
-            "length": length, "delayed": delayed, "dead": dead,
-            "pending": sum(int(g.get("pending", 0)) for g in groups),
-            "lag": sum(int(g.get("lag") or 0) for g in groups),
+            "length": row["length"], "delayed": row["delayed"], "dead": row["dead"],
+            "pending": sum(int(g["pending"]) for g in row["groups"]),
+            "lag": sum(int(g["lag"] or 0) for g in row["groups"]),
         }
     return depths
 
@@ -78,5 +71,3 @@ async def health_detailed(request: web.Request):
     return Reply(data)
 
 
-async def metrics(_request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -64,11 +64,11 @@ async def run_idempotent(request: web.Request, op, call: Callable[[], Awaitable[
     except ApiError as exc:
         response = json_response(error_body(exc.message, exc.code, exc.details), exc.status, headers=exc.headers)
     except BaseException:
-        await pool.execute("DELETE FROM idempotency_keys WHERE user_id = $1 AND scope = $2 AND key = $3", owner, scope, key)
+        await _forget(pool, owner, scope, key)
         raise
 
     if response.status >= 500 or not isinstance(response, web.Response):
-        await pool.execute("DELETE FROM idempotency_keys WHERE user_id = $1 AND scope = $2 AND key = $3", owner, scope, key)
+        await _forget(pool, owner, scope, key)
         return response
     await pool.execute(
         """UPDATE idempotency_keys SET status = 'completed', response_status = $4, response_body = $5
@@ -76,3 +76,8 @@ async def run_idempotent(request: web.Request, op, call: Callable[[], Awaitable[
         owner, scope, key, response.status, json.loads(response.text),
     )
     return response
+
+
+async def _forget(pool, owner, scope: str, key: str) -> None:
+    """Free the key after a 5xx or a crash in the handler, so the client's retry runs again."""
+    await pool.execute("DELETE FROM idempotency_keys WHERE user_id = $1 AND scope = $2 AND key = $3", owner, scope, key)

@@ -14,30 +14,32 @@ async def stream_names(redis: aioredis.Redis, prefix: str = "") -> list[str]:
     return sorted(name for name in names if not name.endswith(":dead"))
 
 
-async def info(redis: aioredis.Redis, prefix: str = "") -> list[dict[str, Any]]:
-    rows = []
-    for stream in await stream_names(redis, prefix):
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(stream).xinfo_groups(stream).zcard(delayed_key(stream)).xlen(dead_key(stream))
-            length, groups, delayed, dead = await pipe.execute()
-        rows.append(
+async def stream_info(redis: aioredis.Redis, stream: str) -> dict[str, Any]:
+    """Length, delayed retries, dead letters and per-group pending/lag of one stream (zeros if it does not exist yet)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.xlen(stream).xinfo_groups(stream).zcard(delayed_key(stream)).xlen(dead_key(stream))
+        length, groups, delayed, dead = await pipe.execute(raise_on_error=False)
+    if isinstance(groups, Exception):  # XINFO GROUPS on a stream nobody has created yet
+        groups = []
+    return {
+        "stream": stream,
+        "length": length,
+        "delayed": delayed,
+        "dead": dead,
+        "groups": [
             {
-                "stream": stream,
-                "length": length,
-                "delayed": delayed,
-                "dead": dead,
-                "groups": [
-                    {
-                        "group": g["name"],
-                        "consumers": g["consumers"],
-                        "pending": g["pending"],
-                        "lag": g.get("lag"),  # absent before Redis 7, None when unknown
-                    }
-                    for g in groups
-                ],
+                "group": g["name"],
+                "consumers": g["consumers"],
+                "pending": g["pending"],
+                "lag": g.get("lag"),  # absent before Redis 7, None when unknown
             }
-        )
-    return rows
+            for g in groups
+        ],
+    }
+
+
+async def info(redis: aioredis.Redis, prefix: str = "") -> list[dict[str, Any]]:
+    return [await stream_info(redis, stream) for stream in await stream_names(redis, prefix)]
 
 
 async def pending(
